@@ -1,0 +1,105 @@
+"""One self-describing checkpoint format, written atomically, read by one loader.
+
+A checkpoint is a plain dict of tensors and JSON-able values (no pickled classes), so
+``torch.load(weights_only=True)`` reads it:
+  format_version, config (TrainConfig as dict), step, G, D, G_ema (or None), opt_G, opt_D,
+  rng {torch, cuda, data}, class_names.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training.config import TrainConfig
+from training.nets import build_generator
+
+FORMAT_VERSION = 1
+CKPT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or of an unknown format."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: TrainConfig
+    step: int
+    state: dict          # the raw dict as saved
+
+    def generator(self, ema: bool = True) -> torch.nn.Module:
+        """The generator in eval mode: the EMA weights when present and asked for, else G."""
+        g = build_generator(self.config)
+        weights = self.state["G_ema"] if ema and self.state.get("G_ema") is not None else self.state["G"]
+        g.load_state_dict(weights)
+        return g.eval()
+
+    @property
+    def has_ema(self) -> bool:
+        return self.state.get("G_ema") is not None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.state.get("class_names") or [])
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically: a temp file in the same directory, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save({"format_version": FORMAT_VERSION, **state}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CKPT_DIR / f"step-{step:08d}.pt"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest complete checkpoint of a run directory (temp files are never matched)."""
+    found = sorted((Path(run_dir) / CKPT_DIR).glob("step-*.pt"))
+    if not found:
+        raise CheckpointError(f"{run_dir}: no checkpoint found under {CKPT_DIR}/ (expected step-NNNNNNNN.pt)")
+    return found[-1]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        return latest_checkpoint(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """The one loader: a file or run directory -> Checkpoint, with weights_only=True."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:   # torch raises a zoo of types for truncated/corrupt/foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path}: not a GAN checkpoint (no format_version)")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is not the supported {FORMAT_VERSION}")
+    return Checkpoint(path, TrainConfig.from_dict(state["config"]), int(state["step"]), state)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,433 @@
+"""The training loop: Algorithm 1 of the paper (k D-steps per G-step) with EMA, AMP, DDP and checkpoints.
+
+Entry point: ``train(cfg, resume=None) -> run_dir``. Single process by default; under ``torchrun``
+(WORLD_SIZE > 1) each process trains on its own data stream with DistributedDataParallel
+(NCCL on CUDA, gloo on CPU) and rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gan.imaging import save_png, scatter_png, tile_grid, to_uint8
+from gan.metrics import frechet_distance_features
+from training import checkpoint as ckpt_io
+from training.config import TrainConfig
+from training.data import RealData, load_data
+from training.losses import d_loss, g_loss, r1_penalty
+from training.nets import build_discriminator, build_generator
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was written before stopping."""
+
+
+# ---------------------------------------------------------------- run directories and distribution
+
+def new_run_dir(out_dir: str | Path, name: str) -> Path:
+    """Create the next numbered run directory ``NNNNN-name`` under out_dir; never reuses one."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    while True:
+        ids = [int(m.group(1)) for p in out.iterdir() if (m := re.match(r"^(\d{5})-", p.name))]
+        run_dir = out / f"{max(ids, default=-1) + 1:05d}-{name}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:   # another process took this number first: try the next
+            continue
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (torchrun sets it), else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------- state
+
+@dataclass
+class TrainState:
+    """Everything that changes during training and goes into a checkpoint."""
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module | None
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    data_gen: torch.Generator          # drives real-batch sampling, latents and fake labels
+    step: int = 0
+    best_fd: float = math.inf
+    extra: dict = field(default_factory=dict)
+
+    def to_checkpoint(self, cfg: TrainConfig, class_names: list[str]) -> dict:
+        return {
+            "config": cfg.to_dict(), "step": self.step, "class_names": class_names,
+            "G": _unwrap(self.G).state_dict(), "D": _unwrap(self.D).state_dict(),
+            "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "best_fd": self.best_fd,
+        }
+
+    def load_checkpoint(self, state: dict) -> None:
+        _unwrap(self.G).load_state_dict(state["G"])
+        _unwrap(self.D).load_state_dict(state["D"])
+        if self.G_ema is not None and state.get("G_ema") is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.data_gen.set_state(state["rng"]["data"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.best_fd = float(state.get("best_fd", math.inf))
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+def build_state(cfg: TrainConfig, device: torch.device, dist_info: Dist) -> TrainState:
+    """Networks, optimisers and the data RNG, seeded from cfg.run.seed (weights equal on every rank)."""
+    torch.manual_seed(cfg.run.seed)
+    G, D = build_generator(cfg).to(device), build_discriminator(cfg).to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.run.ema else None
+    if dist_info.world > 1:
+        G = nn.parallel.DistributedDataParallel(G, device_ids=[device.index] if device.type == "cuda" else None)
+        D = nn.parallel.DistributedDataParallel(D, device_ids=[device.index] if device.type == "cuda" else None)
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    # Each rank draws its own data stream; rank r of seed s never repeats another rank's draws.
+    data_gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + dist_info.rank)
+    torch.manual_seed(cfg.run.seed * 7919 + dist_info.rank)   # dropout etc. differ per rank too
+    return TrainState(G, D, G_ema, opt_G, opt_D, data_gen)
+
+
+# ---------------------------------------------------------------- one step of Algorithm 1
+
+def sample_latents(cfg: TrainConfig, n: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z [n, latent_dim] ~ N(0, I) and, for conditional models, uniform labels [n]."""
+    z = torch.randn(n, cfg.model.latent_dim, generator=gen)
+    labels = torch.randint(cfg.model.num_classes, (n,), generator=gen) if cfg.model.num_classes else None
+    return z.to(device), None if labels is None else labels.to(device)
+
+
+def _cat_labels(a, b):
+    return None if a is None else torch.cat([a, b])
+
+
+def discriminator_step(cfg: TrainConfig, st: TrainState, data: RealData, device, amp) -> dict:
+    """One D update on a real batch and a fake batch (G frozen)."""
+    B = cfg.optim.batch_size
+    real, real_labels = data.sample(B, st.data_gen)
+    real = real.to(device)
+    real_labels = None if real_labels is None else real_labels.to(device)
+    z, fake_labels = sample_latents(cfg, B, st.data_gen, device)
+    with torch.no_grad(), amp():
+        fake = st.G(z, fake_labels)                                        # [B, *sample_shape]
+    r1 = cfg.loss.r1_gamma > 0
+    real.requires_grad_(r1)
+    with amp():
+        # One D forward on [real; fake]: DDP allows one forward per backward.
+        logits = st.D(torch.cat([real, fake.to(real.dtype)]), _cat_labels(real_labels, fake_labels))
+    real_logits, fake_logits = logits[: len(logits) // 2], logits[len(logits) // 2:]
+    loss = d_loss(cfg.loss.loss, real_logits, fake_logits)
+    penalty = r1_penalty(real, real_logits) if r1 else torch.zeros((), device=device)
+    total = loss + 0.5 * cfg.loss.r1_gamma * penalty
+    st.opt_D.zero_grad(set_to_none=True)
+    total.backward()
+    st.opt_D.step()
+    return {"loss_d": total, "r1": penalty, "d_real": torch.sigmoid(real_logits.float()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.float()).mean()}
+
+
+def generator_step(cfg: TrainConfig, st: TrainState, device, amp) -> dict:
+    """One G update through a frozen D."""
+    z, labels = sample_latents(cfg, cfg.optim.batch_size, st.data_gen, device)
+    # D is used unwrapped and frozen: its weights do not change here, so DDP must not reduce its grads.
+    D = _unwrap(st.D).requires_grad_(False)
+    with amp():
+        logits = D(st.G(z, labels), labels)
+    loss = g_loss(cfg.loss.loss, logits)
+    st.opt_G.zero_grad(set_to_none=True)
+    loss.backward()
+    st.opt_G.step()
+    D.requires_grad_(True)
+    return {"loss_g": loss}
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, decay: float, step: int) -> None:
+    """EMA of G's weights; the decay ramps up from 0 so short runs are not dominated by the initial weights."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - d)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def grad_norm(module: nn.Module) -> float:
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+# ---------------------------------------------------------------- samples and cheap FD
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, labels, batch: int = 1024) -> np.ndarray:
+    """Run G in eval mode over z in chunks; float32 numpy [N, *sample_shape]."""
+    was_training = G.training
+    G.eval()
+    out = [G(z[i:i + batch], None if labels is None else labels[i:i + batch]).float().cpu()
+           for i in range(0, len(z), batch)]
+    G.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def fixed_latents(cfg: TrainConfig, n: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The same latent batch for every grid of a run (labels cycle through the classes, row by row)."""
+    gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
+    z = torch.randn(n, cfg.model.latent_dim, generator=gen).to(device)
+    labels = torch.arange(n, device=device) % cfg.model.num_classes if cfg.model.num_classes else None
+    return z, labels
+
+
+def write_samples(cfg: TrainConfig, G: nn.Module, data: RealData, path: Path, device) -> None:
+    """A grid PNG of images, or a scatter PNG of the 2-D toy samples, from the fixed latents."""
+    z, labels = fixed_latents(cfg, cfg.run.grid_size, device)
+    out = generate(G, z, labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.is_toy:
+        scatter_png(out, data.modes.numpy(), path, title=path.stem)
+        return
+    ncol = cfg.model.num_classes or None
+    save_png(tile_grid(to_uint8(out), ncol=ncol), path)
+
+
+def pixel_fd(cfg: TrainConfig, G: nn.Module, data: RealData, device) -> float:
+    """Cheap Frechet distance between real and generated pixels (or 2-D points), fd_samples each."""
+    n = cfg.run.fd_samples
+    gen = torch.Generator().manual_seed(cfg.run.seed + 999)
+    real, _ = data.sample(n, gen)
+    z, labels = sample_latents(cfg, n, gen, device)
+    fake = generate(G, z, labels)
+    return frechet_distance_features(real.reshape(n, -1).numpy(), fake.reshape(n, -1))
+
+
+# ---------------------------------------------------------------- the loop
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; checked once per step so the checkpoint is always consistent."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Recorder:
+    """stats.jsonl records and progress lines with ETA, rank 0 only."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, main: bool, log=None):
+        self.path, self.total, self.main = run_dir / "stats.jsonl", total_steps, main
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.t0, self.step0 = time.perf_counter(), start_step
+        if main and start_step > 0:
+            _truncate_stats(self.path, start_step)
+
+    def record(self, row: dict) -> None:
+        elapsed = time.perf_counter() - self.t0
+        done = row["step"] - self.step0
+        eta = elapsed / max(done, 1) * (self.total - row["step"])
+        row.update(elapsed_s=round(elapsed, 2), eta_s=round(eta, 1))
+        if not self.main:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.log(f"step {row['step']}/{self.total}  loss_d {row['loss_d']:.4f}  loss_g {row['loss_g']:.4f}  "
+                 f"D(x) {row['d_real']:.3f}  D(G(z)) {row['d_fake']:.3f}  {row['images_per_s']:.0f} img/s  "
+                 f"ETA {_fmt_time(eta)}")
+
+
+def _truncate_stats(path: Path, last_step: int) -> None:
+    """On resume, drop records past the checkpoint so stats.jsonl never holds a step twice."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _check_finite(stats: dict, step: int, last_ckpt: Path | None) -> None:
+    for name, value in stats.items():
+        if not math.isfinite(value):
+            kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint had been written yet"
+            raise TrainingDiverged(f"{name} became {value} at step {step}; training stopped, {kept}. "
+                                   f"Try a lower --lr-d/--lr-g or another --loss.")
+
+
+def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: RealData, best: bool = False) -> Path:
+    """Write a periodic checkpoint (and prune old ones), or checkpoints/best.pt."""
+    state = st.to_checkpoint(cfg, data.class_names)
+    if best:
+        return ckpt_io.save_checkpoint(run_dir / ckpt_io.CKPT_DIR / "best.pt", state)
+    path = ckpt_io.save_checkpoint(ckpt_io.checkpoint_path(run_dir, st.step), state)
+    if cfg.run.keep_ckpts:
+        for old in sorted((run_dir / ckpt_io.CKPT_DIR).glob("step-*.pt"))[:-cfg.run.keep_ckpts]:
+            old.unlink()
+    return path
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
+    """Train G and D as configured; returns the run directory. ``resume``: a run dir or checkpoint to continue."""
+    device = pick_device(cfg.run.device)
+    dist_info = init_distributed(device)
+    if dist_info.world > 1 and cfg.loss.r1_gamma > 0:
+        raise ValueError("--r1-gamma: the R1 penalty needs double backward, which DDP does not support; "
+                         "train it in one process")
+    data = load_data(cfg.data)
+    st = build_state(cfg, device, dist_info)
+    run_dir = _open_run_dir(cfg, resume, st, dist_info)
+    use_amp = cfg.run.amp and device.type == "cuda"
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    recorder = Recorder(run_dir, cfg.run.steps, st.step, dist_info.main, log)
+    last_ckpt = ckpt_io.latest_checkpoint(run_dir) if resume else None
+    G_plain = _unwrap(st.G)
+    t_last, imgs_since = time.perf_counter(), 0
+
+    with _StopFlag() as stop:
+        while st.step < cfg.run.steps:
+            # Algorithm 1: k discriminator steps, then one generator step.
+            for _ in range(cfg.loss.d_steps):
+                d_stats = discriminator_step(cfg, st, data, device, amp)
+            g_stats = generator_step(cfg, st, device, amp)
+            st.step += 1
+            if st.G_ema is not None:
+                update_ema(st.G_ema, G_plain, cfg.run.ema_decay, st.step)
+            imgs_since += cfg.optim.batch_size * (cfg.loss.d_steps + 1) * dist_info.world
+            scalars = {k: float(v.detach()) for k, v in {**d_stats, **g_stats}.items()}
+            _check_finite(scalars, st.step, last_ckpt)
+            g_eval = st.G_ema if st.G_ema is not None else G_plain
+            final = st.step == cfg.run.steps
+
+            # Periodic records, samples, FD and checkpoints (rank 0 writes).
+            if st.step % cfg.run.log_every == 0 or final:
+                now = time.perf_counter()
+                scalars.update(step=st.step, grad_norm_g=grad_norm(G_plain), grad_norm_d=grad_norm(_unwrap(st.D)),
+                               images_per_s=imgs_since / max(now - t_last, 1e-9), world_size=dist_info.world)
+                recorder.record(scalars)
+                t_last, imgs_since = now, 0
+            if dist_info.main and ((cfg.run.sample_every and st.step % cfg.run.sample_every == 0) or final):
+                write_samples(cfg, g_eval, data, run_dir / "samples" / f"step-{st.step:08d}.png", device)
+            if cfg.run.fd_every and (st.step % cfg.run.fd_every == 0 or final) and dist_info.main:
+                _record_fd(cfg, st, g_eval, data, run_dir, device)
+            if st.step % cfg.run.ckpt_every == 0 or final or stop.signum:
+                if dist_info.main:
+                    last_ckpt = save(cfg, st, run_dir, data)
+                if stop.signum:
+                    raise TrainingInterrupted(f"stopped by signal {stop.signum} at step {st.step}; "
+                                              f"checkpoint {last_ckpt}; continue with: gan train --resume {run_dir}")
+    _check_ranks_in_sync(G_plain, dist_info)
+    return run_dir
+
+
+def _record_fd(cfg, st: TrainState, g_eval, data, run_dir: Path, device) -> None:
+    """Log the cheap pixel FD and keep checkpoints/best.pt at its minimum."""
+    fd = pixel_fd(cfg, g_eval, data, device)
+    with open(run_dir / "stats.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": st.step, "pixel_fd": fd}) + "\n")
+    if fd < st.best_fd:
+        st.best_fd = fd
+        save(cfg, st, run_dir, data, best=True)
+
+
+def _open_run_dir(cfg: TrainConfig, resume, st: TrainState, dist_info: Dist) -> Path:
+    """A new numbered run dir with config.json, or the resumed one with its state loaded."""
+    if resume:
+        ck = ckpt_io.load_checkpoint(resume)
+        st.load_checkpoint(ck.state)
+        run_dir = Path(resume) if Path(resume).is_dir() else ck.path.parent.parent
+        if dist_info.main:
+            (run_dir / "config.json").write_text(cfg.to_json())
+        return run_dir
+    holder = [None]
+    if dist_info.main:
+        run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or cfg.preset)
+        (run_dir / "config.json").write_text(cfg.to_json())
+        holder = [str(run_dir)]
+    if dist_info.world > 1:
+        dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def _check_ranks_in_sync(G: nn.Module, dist_info: Dist) -> None:
+    """Under DDP every rank must end with identical G weights; fail loudly if not."""
+    if dist_info.world <= 1:
+        return
+    flat = torch.cat([p.detach().double().flatten() for p in G.parameters()])
+    mine = torch.stack([flat.sum(), flat.abs().sum()])               # [2] on G's device (NCCL needs CUDA)
+    gathered = [torch.zeros_like(mine) for _ in range(dist_info.world)]
+    dist.all_gather(gathered, mine)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP ranks ended with different generator weights: {[g.tolist() for g in gathered]}")

@@ -1,0 +1,152 @@
+"""Generator and discriminator architectures: the seed paper's MLPs and a DCGAN-style conv pair.
+
+Conditioning (when ``num_classes > 0``): the generator concatenates a learned class embedding
+to z; the discriminator uses projection (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>.
+Projection keeps D a single-output classifier of real vs fake, which every loss here assumes.
+
+Generators map z [N, latent_dim] (and labels [N]) to images [N, C, H, W] in [-1, 1] (tanh),
+or to points [N, 2] for the 2-D toy mixtures (no output squashing).
+Discriminators return logits [N] (or [N / pack] with PacGAN packing). Nothing here knows about losses.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+
+
+class Maxout(nn.Module):
+    """Linear layer followed by a max over ``pieces`` groups (Goodfellow et al. 2013), as in the paper's D."""
+
+    def __init__(self, d_in: int, d_out: int, pieces: int):
+        super().__init__()
+        self.pieces = pieces
+        self.linear = nn.Linear(d_in, d_out * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)                                          # [N, d_out * pieces]
+        return y.view(*y.shape[:-1], -1, self.pieces).amax(dim=-1)  # [N, d_out]
+
+
+class MLPGenerator(nn.Module):
+    def __init__(self, latent_dim: int, hidden: list[int], out_shape: tuple[int, ...], num_classes: int = 0):
+        super().__init__()
+        self.out_shape, self.num_classes = out_shape, num_classes
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        layers, width = [], latent_dim * (2 if num_classes else 1)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, math.prod(out_shape)))
+        self.net = nn.Sequential(*layers)
+        self.squash = len(out_shape) == 3    # images in [-1, 1]; toy points unbounded
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)   # [N, 2 * latent_dim]
+        x = self.net(z).view(len(z), *self.out_shape)
+        return torch.tanh(x) if self.squash else x
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], maxout: int, dropout: float,
+                 num_classes: int = 0, pack: int = 1):
+        super().__init__()
+        self.pack = pack
+        layers, width = [], math.prod(in_shape) * pack
+        for h in hidden:
+            layers.append(Maxout(width, h, maxout) if maxout else nn.Sequential(nn.Linear(width, h), nn.LeakyReLU(0.2)))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1)
+        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x.reshape(len(x) // self.pack, -1))  # [N / pack, width]
+        return _project(self.head(h).squeeze(1), h, self.embed, labels)
+
+
+def _project(logit: torch.Tensor, h: torch.Tensor, embed: nn.Embedding | None, labels) -> torch.Tensor:
+    """Projection conditioning: add <embed(y), h> to the unconditional logit."""
+    if embed is None:
+        return logit
+    return logit + (embed(labels) * h).sum(dim=1)
+
+
+def _conv_plan(resolution: int) -> tuple[int, int]:
+    """(start size, number of 2x up/down-samplings) so that start * 2**n == resolution and start <= 7."""
+    n, start = 0, resolution
+    while start > 7 and start % 2 == 0:
+        start, n = start // 2, n + 1
+    if n == 0:
+        raise ValueError(f"--resolution {resolution}: the conv models need a resolution of the form s * 2**n, s <= 7")
+    return start, n
+
+
+class DCGANGenerator(nn.Module):
+    """z -> linear -> [ch*2^(n-1), s, s] -> n x (ConvTranspose 2x, BN, ReLU) -> conv to C channels -> tanh."""
+
+    def __init__(self, latent_dim: int, channels: int, resolution: int, base: int, num_classes: int = 0):
+        super().__init__()
+        self.num_classes = num_classes
+        start, n = _conv_plan(resolution)
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        width = base * 2 ** (n - 1)
+        self.start_shape = (width, start, start)
+        self.stem = nn.Sequential(nn.Linear(latent_dim * (2 if num_classes else 1), width * start * start, bias=False),
+                                  nn.BatchNorm1d(width * start * start), nn.ReLU())
+        ups = []
+        for i in range(n):
+            out = max(base * 2 ** (n - 2 - i), base // 2) if i < n - 1 else base
+            ups += [nn.ConvTranspose2d(width, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            width = out
+        self.ups = nn.Sequential(*ups)
+        self.to_image = nn.Conv2d(width, channels, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)              # [N, 2 * latent_dim]
+        h = self.stem(z).view(len(z), *self.start_shape)               # [N, ch, s, s]
+        return torch.tanh(self.to_image(self.ups(h)))                  # [N, C, H, W]
+
+
+class DCGANDiscriminator(nn.Module):
+    """n x (conv 4x4 stride 2, LeakyReLU) -> flatten -> linear logit; no normalisation (keeps R1 well defined)."""
+
+    def __init__(self, channels: int, resolution: int, base: int, num_classes: int = 0, pack: int = 1):
+        super().__init__()
+        self.pack = pack
+        start, n = _conv_plan(resolution)
+        layers, width = [], channels * pack
+        for i in range(n):
+            out = base * 2 ** i
+            layers += [nn.Conv2d(width, out, 4, 2, 1), nn.LeakyReLU(0.2)]
+            width = out
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        feat = width * start * start
+        self.head = nn.Linear(feat, 1)
+        self.embed = nn.Embedding(num_classes, feat) if num_classes else None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, hgt, wid = x.shape
+        h = self.features(x.reshape(n // self.pack, c * self.pack, hgt, wid))   # [N / pack, feat]
+        return _project(self.head(h).squeeze(1), h, self.embed, labels)
+
+
+def build_generator(cfg: TrainConfig) -> nn.Module:
+    m, shape = cfg.model, cfg.data_shape()
+    if m.arch == "mlp":
+        return MLPGenerator(m.latent_dim, list(m.g_hidden), shape, m.num_classes)
+    return DCGANGenerator(m.latent_dim, cfg.data.channels, cfg.data.resolution, m.g_channels, m.num_classes)
+
+
+def build_discriminator(cfg: TrainConfig) -> nn.Module:
+    m, shape = cfg.model, cfg.data_shape()
+    if m.arch == "mlp":
+        return MLPDiscriminator(shape, list(m.d_hidden), m.d_maxout, m.d_dropout, m.num_classes, m.pack)
+    return DCGANDiscriminator(cfg.data.channels, cfg.data.resolution, m.d_channels, m.num_classes, m.pack)
