@@ -86,12 +86,82 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- gan export
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="checkpoint -> parity-checked ONNX model directory (models/NAME/)",
+                       description="Export a generator checkpoint to ONNX (fp32 + fp16), check parity against "
+                                   "PyTorch, and write models/NAME/ with manifest.json and samples.png.")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (its latest checkpoint) or a .pt file")
+    p.add_argument("--name", required=True, help="model name (directory name under --out-dir)")
+    p.add_argument("--out-dir", default="models", help="parent directory of the model directory (default: models)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset to export with (default: 17)")
+    p.add_argument("--no-fp16", dest="fp16", action="store_false", help="skip generator.fp16.onnx")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="export G instead of the EMA generator")
+    p.add_argument("--to-bentoml", action="store_true", help="also import the model directory into the BentoML model store")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    if not Path(args.checkpoint).exists():
+        raise CLIError(f"{args.checkpoint}: no such run directory or checkpoint file")
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise CLIError(f"--name: {args.name!r} is not a valid directory name")
+    from training.checkpoint import CheckpointError
+    from training.export import ExportError, export_model
+
+    try:
+        model_dir = export_model(args.checkpoint, args.name, out_dir=args.out_dir, opset=args.opset, fp16=args.fp16,
+                                 ema=args.ema, to_bentoml=args.to_bentoml, command=" ".join(["gan"] + sys.argv[1:]))
+    except (CheckpointError, ExportError) as exc:
+        raise CLIError(str(exc)) from exc
+    print(model_dir)
+    return 0
+
+
+# ---------------------------------------------------------------- gan bench
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (results go to docs/)")
+    bench = p.add_subparsers(dest="bench", required=True)
+    toy = bench.add_parser("toy", help="mode-collapse benchmark on the 2-D ring and grid mixtures",
+                           description="Train each loss on the ring of 8 and the grid of 25, several seeds each; "
+                                       "write a table and scatter plots to --out.")
+    toy.add_argument("--datasets", nargs="+", default=["ring", "grid"], choices=["ring", "grid"],
+                     help="mixtures to run (default: ring grid)")
+    toy.add_argument("--recipes", nargs="+", default=None,
+                     help="recipes to run (default: all: minimax nonsaturating mle best)")
+    toy.add_argument("--seeds", type=int, default=10, help="seeds per recipe and mixture (default: 10)")
+    toy.add_argument("--baseline-seeds", type=int, default=3, help="seeds for the plain losses (default: 3)")
+    toy.add_argument("--steps", type=int, default=None, help="override every recipe's step count")
+    toy.add_argument("--out", default="docs", help="output directory (default: docs)")
+    toy.set_defaults(func=cmd_bench_toy)
+
+
+def cmd_bench_toy(args) -> int:
+    if args.seeds < 1 or args.baseline_seeds < 1:
+        raise CLIError("--seeds/--baseline-seeds: must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError("--steps: must be >= 1")
+    from training.toybench import RECIPES, run_toy_bench
+
+    unknown = sorted(set(args.recipes or []) - set(RECIPES))
+    if unknown:
+        raise CLIError(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    report = run_toy_bench(datasets=args.datasets, recipes=args.recipes, seeds=args.seeds,
+                           baseline_seeds=args.baseline_seeds, steps=args.steps, out=args.out)
+    print(report)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gan", description="Train, export, serve and sample GAN image generators.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _export_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
