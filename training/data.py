@@ -46,7 +46,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = header + math.prod(shape)
     if len(raw) != expected:
         raise DataError(f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file has {len(raw)}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()   # writable, owns its memory
 
 
 def _idx_file(directory: Path, stem: str) -> Path:

@@ -1,0 +1,31 @@
+# Set-up and the two jobs of the README. Everything a fresh Debian + Python 3.11 machine needs is installed here.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS := dataset-fashion-mnist chromium chromium-driver
+
+.PHONY: setup system-deps run test train-demo clean
+
+setup: system-deps $(VENV)/.installed
+
+# Debian packages: the Fashion-MNIST IDX files and headless Chromium for the web-page test.
+system-deps:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); fi
+
+# One virtual environment with every extra (train: torch==2.13.0 CPU build; serve; dev).
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[train,serve,dev]'
+	touch $@
+
+# The main job.
+run: setup
+	$(BIN)/gan train --preset fmnist-dcgan --steps 300 --log-every 50
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

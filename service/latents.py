@@ -1,0 +1,69 @@
+"""Latents as a pure function of (seed, index): numpy only, counter-based, no global RNG state.
+
+Image i of seed s uses the Philox-4x64 stream with key s, from counter block i * BLOCKS_PER_INDEX:
+its first ``latent_dim`` 64-bit words become z by Box-Muller, the next word picks a random class
+for conditional models. Because each index owns a fixed counter range, z(s, i) never depends on
+which other indices are computed with it, so batching cannot change an image.
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+MAX_SEED = 2**63 - 1
+WORDS_PER_BLOCK = 4          # Philox-4x64 yields four uint64 per counter increment
+
+
+def _words_per_index(latent_dim: int) -> int:
+    """uint64 words reserved per index: latent_dim (rounded up to even, for Box-Muller pairs) + 1 label word."""
+    need = latent_dim + (latent_dim % 2) + 1
+    return math.ceil(need / WORDS_PER_BLOCK) * WORDS_PER_BLOCK
+
+
+def _raw_words(seed: int, start: int, count: int, words: int) -> np.ndarray:
+    """uint64 [count, words]: the counter range of indices start .. start+count-1 under key ``seed``."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}")
+    bitgen = np.random.Philox(key=seed)
+    bitgen.advance(start * (words // WORDS_PER_BLOCK))   # advancing also drops any buffered words
+    return bitgen.random_raw(count * words).reshape(count, words)
+
+
+def _uniform_open(words: np.ndarray) -> np.ndarray:
+    """uint64 -> float64 uniform in the open interval (0, 1): 53 random bits, centred in their cell."""
+    return ((words >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 2**53)
+
+
+def truncation_bound(psi: float) -> float:
+    """|z_j| bound for truncation psi: the central psi of N(0, 1)'s mass (psi = 1: no bound)."""
+    if not 0.0 < psi <= 1.0:
+        raise ValueError("truncation must be in (0, 1]")
+    return math.inf if psi >= 1.0 else NormalDist().inv_cdf(0.5 + psi / 2.0)
+
+
+def latents(seed: int, start: int, count: int, latent_dim: int, truncation: float = 1.0) -> np.ndarray:
+    """z float32 [count, latent_dim] for indices start .. start+count-1 of ``seed``.
+
+    Truncation clips each component to +-truncation_bound(psi) (clipping, not resampling, so the
+    latent stays a pure function of its counter range).
+    """
+    words = _words_per_index(latent_dim)
+    raw = _raw_words(seed, start, count, words)
+    half = (latent_dim + 1) // 2
+    u1, u2 = _uniform_open(raw[:, :half]), _uniform_open(raw[:, half:2 * half])
+    radius = np.sqrt(-2.0 * np.log(u1))                                   # [count, half]
+    z = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1)[:, :latent_dim]
+    bound = truncation_bound(truncation)
+    if math.isfinite(bound):
+        z = np.clip(z, -bound, bound)
+    return z.astype(np.float32)
+
+
+def random_labels(seed: int, start: int, count: int, latent_dim: int, num_classes: int) -> np.ndarray:
+    """int64 [count]: the class each index gets when the request names none (the word after z's)."""
+    words = _words_per_index(latent_dim)
+    label_col = latent_dim + (latent_dim % 2)
+    raw = _raw_words(seed, start, count, words)[:, label_col]
+    return (raw % np.uint64(num_classes)).astype(np.int64)

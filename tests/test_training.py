@@ -1,0 +1,292 @@
+"""Training: data readers, run directories, checkpoints, resume, signals, NaN guard, DDP, and real learning."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gan.metrics import frechet_distance_features
+from training import checkpoint as ckpt_io
+from training.config import FMNIST_DIR, DataConfig, make_config
+from training.data import DataError, load_data, load_folder, load_npz, read_idx, toy_modes
+from training.loop import TrainingDiverged, generate, new_run_dir, sample_latents, train
+
+HAVE_FMNIST = Path(FMNIST_DIR, "train-images-idx3-ubyte.gz").exists()
+needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    raw = header + arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+# ---------------------------------------------------------------- data readers
+
+def test_idx_roundtrip_gz_and_raw(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(read_idx(_write_idx(tmp_path / "a.gz", arr)), arr)
+    assert np.array_equal(read_idx(_write_idx(tmp_path / "a", arr, gz=False)), arr)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00", "bad magic"),                 # float IDX, not uint8
+    (b"\x00\x00\x08\x03\x00\x00\x00\x02", "truncated IDX header"),
+    (bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]), r"declares shape \(5,\)"),      # header says 5 bytes, has 2
+])
+def test_idx_corrupt_files_named(tmp_path, content, message):
+    bad = tmp_path / "bad-idx"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=message) as exc:
+        read_idx(bad)
+    assert str(bad) in str(exc.value)
+
+
+def test_idx_missing_and_not_gzip(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_idx(tmp_path / "nope.gz")
+    (tmp_path / "x.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"x\.gz: cannot read"):
+        read_idx(tmp_path / "x.gz")
+
+
+def test_fmnist_dir_with_mismatched_labels(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((4, 28, 28), np.uint8))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros((3,), np.uint8))
+    with pytest.raises(DataError, match="3 labels do not match"):
+        load_data(DataConfig(source="fmnist", path=str(tmp_path)))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: file not found"):
+        load_data(DataConfig(source="fmnist", path=str(tmp_path), split="test"))
+
+
+@needs_fmnist
+def test_fmnist_real_files():
+    data = load_data(DataConfig(source="fmnist", path=FMNIST_DIR, use_labels=True, limit=1000))
+    assert data.images.shape == (1000, 1, 28, 28) and data.images.dtype == torch.float32
+    assert -1.0 <= data.images.min() < -0.99 and 0.99 < data.images.max() <= 1.0
+    assert set(data.labels.tolist()) == set(range(10)) and data.class_names[9] == "Ankle boot"
+    rgb = load_data(DataConfig(source="fmnist", path=FMNIST_DIR, resolution=32, channels=3, limit=8))
+    assert rgb.images.shape == (8, 3, 32, 32)
+
+
+def test_image_folder_any_size_grey_or_rgb(tmp_path):
+    for cls, size, mode in [("cats", (40, 30), "RGB"), ("dogs", (16, 16), "L"), ("dogs", (64, 100), "RGBA")]:
+        (tmp_path / cls).mkdir(exist_ok=True)
+        Image.new(mode, size, 128).save(tmp_path / cls / f"{size[0]}x{size[1]}.png")
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "cats" / "red.jpg")
+    images, labels, names = load_folder(tmp_path, resolution=28, channels=3)
+    assert images.shape == (4, 28, 28, 3) and names == ["cats", "dogs"]
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+    grey, _, _ = load_folder(tmp_path, resolution=16, channels=1)
+    assert grey.shape == (4, 16, 16, 1)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="no PNG or JPEG images"):
+        load_folder(tmp_path, 28, 1)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DataError, match=r"broken\.png: not a readable PNG/JPEG"):
+        load_folder(tmp_path, 28, 1)
+    with pytest.raises(DataError, match="not a directory"):
+        load_folder(tmp_path / "missing", 28, 1)
+
+
+def test_npz_reader(tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, images=np.zeros((5, 28, 28), np.uint8), labels=np.arange(5))
+    images, labels = load_npz(good, 28, 1)
+    assert images.shape == (5, 28, 28, 1) and labels.tolist() == [0, 1, 2, 3, 4]
+    np.savez(tmp_path / "nokey.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match=r"nokey\.npz: no 'images' array \(found: x\)"):
+        load_npz(tmp_path / "nokey.npz", 28, 1)
+    np.savez(tmp_path / "shape.npz", images=np.zeros((5, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r"shape\.npz: 'images' has shape \(5, 32, 32, 3\); expected \[N, 28, 28, 1\]"):
+        load_npz(tmp_path / "shape.npz", 28, 1)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"junk\.npz: not a readable \.npz"):
+        load_npz(tmp_path / "junk.npz", 28, 1)
+
+
+def test_toy_mixtures_match_design():
+    ring, ring_std = toy_modes("ring")
+    grid, grid_std = toy_modes("grid")
+    assert ring.shape == (8, 2) and np.allclose(np.linalg.norm(ring, axis=1), 1.0) and ring_std == 0.01
+    assert grid.shape == (25, 2) and set(grid[:, 0]) == {-4, -2, 0, 2, 4} and grid_std == 0.05
+    data = load_data(DataConfig(source="grid", path=""))
+    x, _ = data.sample(10_000, torch.Generator().manual_seed(0))
+    dist = torch.cdist(x, data.modes).min(dim=1).values
+    assert x.shape == (10_000, 2) and (dist < 3 * 0.05 * 1.5).float().mean() > 0.99
+
+
+# ---------------------------------------------------------------- config and CLI
+
+def test_presets_resolve_and_validate():
+    for preset in ("toy-ring", "toy-grid", "paper-mlp", "fmnist-dcgan", "fmnist-cdcgan"):
+        cfg = make_config(preset)
+        assert cfg.preset == preset
+    with pytest.raises(ValueError, match="--steps: must be >= 1"):
+        make_config("toy-ring", {"steps": 0})
+    with pytest.raises(ValueError, match="--loss: 'bogus' is not one of"):
+        make_config("toy-ring", {"loss": "bogus"})
+    with pytest.raises(ValueError, match="--use-labels"):
+        make_config("fmnist-dcgan", {"num_classes": 10})
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("nope")
+
+
+def test_cli_dry_run_and_bad_flag():
+    out = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--preset", "fmnist-cdcgan", "--steps", "7",
+                          "--dry-run"], capture_output=True, text=True, check=True).stdout
+    cfg = json.loads(out)
+    assert cfg["run"]["steps"] == 7 and cfg["model"]["num_classes"] == 10 and cfg["preset"] == "fmnist-cdcgan"
+    bad = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--batch-size", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--batch-size: must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+    help_text = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    for flag in ("--loss", "--d-steps", "--r1-gamma", "--ema-decay", "--resume", "--pack", "(default: 200)"):
+        assert flag in help_text
+
+
+def test_run_dirs_are_numbered_never_reused(tmp_path):
+    a, b = new_run_dir(tmp_path, "x"), new_run_dir(tmp_path, "y")
+    assert (a.name, b.name) == ("00000-x", "00001-y")
+    (tmp_path / "00007-old").mkdir()
+    assert new_run_dir(tmp_path, "x").name == "00008-x"
+
+
+# ---------------------------------------------------------------- loop, checkpoints, resume
+
+def _tiny(preset: str, tmp_path: Path, **overrides):
+    small = {"toy-ring": {}, "paper-mlp": {"g_hidden": [64], "d_hidden": [32], "d_maxout": 2, "limit": 512},
+             "fmnist-dcgan": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16},
+             "fmnist-cdcgan": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16}}[preset]
+    return make_config(preset, {**small, "out_dir": str(tmp_path), "log_every": 1, "sample_every": 0, **overrides})
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert (a["G_ema"] is None) == (b["G_ema"] is None)
+    for key in ("G", "D") + (("G_ema",) if a["G_ema"] is not None else ()):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+
+
+@pytest.mark.parametrize("preset", ["toy-ring", "paper-mlp", "fmnist-cdcgan"])
+def test_resume_equals_uninterrupted(tmp_path, preset):
+    if preset != "toy-ring" and not HAVE_FMNIST:
+        pytest.skip("needs Fashion-MNIST")
+    full = train(_tiny(preset, tmp_path / "full", steps=8, ckpt_every=100))
+    part = train(_tiny(preset, tmp_path / "part", steps=5, ckpt_every=100))
+    cfg = ckpt_io.load_checkpoint(part).config
+    cfg.run.steps = 8
+    resumed = train(cfg, resume=part)
+    assert resumed == part
+    a, b = ckpt_io.load_checkpoint(full), ckpt_io.load_checkpoint(resumed)
+    assert a.step == b.step == 8
+    _assert_same_state(a.state, b.state)
+    steps = [json.loads(line)["step"] for line in (resumed / "stats.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))    # no step recorded twice
+
+
+def test_checkpoint_is_self_describing_and_safe(tmp_path):
+    run = train(_tiny("toy-ring", tmp_path, steps=3))
+    path = ckpt_io.latest_checkpoint(run)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == ckpt_io.FORMAT_VERSION and raw["step"] == 3
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "config", "rng"} <= set(raw)
+    ck = ckpt_io.load_checkpoint(run)
+    assert ck.config.preset == "toy-ring" and ck.has_ema
+    z = torch.randn(4, ck.config.model.latent_dim)
+    assert ck.generator()(z).shape == (4, 2)
+    assert json.loads((run / "config.json").read_text())["run"]["steps"] == 3
+    assert not list(path.parent.glob(".*tmp*"))               # atomic write left no temp file
+    path.write_bytes(path.read_bytes()[:100])                 # truncated file -> clear error
+    with pytest.raises(ckpt_io.CheckpointError, match="not a readable checkpoint"):
+        ckpt_io.load_checkpoint(path)
+    with pytest.raises(ckpt_io.CheckpointError, match="no checkpoint found"):
+        ckpt_io.load_checkpoint(tmp_path)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import training.loop as loop
+
+    real_g_loss, calls = loop.g_loss, {"n": 0}
+
+    def poisoned(kind, logits):
+        calls["n"] += 1
+        loss = real_g_loss(kind, logits)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(loop, "g_loss", poisoned)
+    cfg = _tiny("toy-ring", tmp_path, steps=20, ckpt_every=2)
+    with pytest.raises(TrainingDiverged, match=r"loss_g became nan at step 7.*step-00000006\.pt"):
+        train(cfg)
+    run = next(tmp_path.iterdir())
+    assert ckpt_io.latest_checkpoint(run).name == "step-00000006.pt"
+    assert ckpt_io.load_checkpoint(run).step == 6
+
+
+def test_sigterm_saves_checkpoint_then_resume(tmp_path):
+    cmd = [sys.executable, "-m", "gan.cli", "train", "--preset", "toy-ring", "--steps", "1000000",
+           "--log-every", "10", "--out-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*/stats.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    run = next(tmp_path.iterdir())
+    step = ckpt_io.load_checkpoint(run).step
+    assert step >= 10 and "gan train --resume" in err
+    more = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--resume", str(run), "--steps", str(step + 5)],
+                          capture_output=True, text=True, timeout=120)
+    assert more.returncode == 0, more.stderr
+    assert ckpt_io.load_checkpoint(run).step == step + 5
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gan.cli",
+           "train", "--preset", "toy-ring", "--steps", "20", "--log-every", "5", "--out-dir", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = list(tmp_path.iterdir())
+    assert len(runs) == 1                          # rank 0 made the one run directory
+    rows = [json.loads(line) for line in (runs[0] / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and all(r["world_size"] == 2 for r in rows)
+    assert ckpt_io.load_checkpoint(runs[0]).step == 20
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
+    """A few hundred CPU steps must move G's samples measurably towards the data (pixel Frechet distance)."""
+    cfg = make_config("fmnist-dcgan", {"g_channels": 32, "d_channels": 32, "steps": 300, "log_every": 100,
+                                        "sample_every": 0, "out_dir": str(tmp_path), "limit": 20000})
+    run = train(cfg)
+    n = 2000
+    real = load_data(cfg.data).images[torch.randperm(20000, generator=torch.Generator().manual_seed(1))[:n]]
+    z, labels = sample_latents(cfg, n, torch.Generator().manual_seed(2), "cpu")
+    from training.nets import build_generator
+    torch.manual_seed(cfg.run.seed)
+    untrained = build_generator(cfg)
+    trained = ckpt_io.load_checkpoint(run).generator()
+    flat = lambda x: np.asarray(x).reshape(n, -1)
+    fd_untrained = frechet_distance_features(flat(real), flat(generate(untrained, z, labels)))
+    fd_trained = frechet_distance_features(flat(real), flat(generate(trained, z, labels)))
+    print(f"pixel FD: untrained {fd_untrained:.1f}, trained {fd_trained:.1f}")
+    assert fd_trained < 0.5 * fd_untrained
+    assert (run / "samples" / "step-00000300.png").exists()
