@@ -1,0 +1,165 @@
+"""The model runtime: owns the onnxruntime engines, merges requests into batches, keeps batch statistics.
+
+It takes work as *rows* (model, seed, index, label, truncation) rather than latents, and makes
+the latents itself with ``service.latents``: an image is then a pure function of its row, however
+the adaptive batcher groups rows from different clients.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine import Engine, EngineError, EngineOptions
+from service.latents import latents, random_labels
+from service.modeldir import ModelDir, ModelDirError, load_model_dir
+from service.settings import ServeSettings
+
+log = logging.getLogger("gan.runtime")
+
+# Row layout of the batchable endpoint: int64 [N, 5].
+COL_MODEL, COL_SEED, COL_INDEX, COL_LABEL, COL_PSI = range(5)
+RANDOM_LABEL = -1
+
+
+def make_rows(model_id: int, seed: int, indices, labels, truncation: float) -> np.ndarray:
+    """int64 [n, 5] rows; labels [n] (RANDOM_LABEL = derive from (seed, index)); psi kept bit-exact."""
+    n = len(indices)
+    rows = np.empty((n, 5), dtype=np.int64)
+    rows[:, COL_MODEL], rows[:, COL_SEED], rows[:, COL_INDEX] = model_id, seed, indices
+    rows[:, COL_LABEL] = labels
+    rows[:, COL_PSI] = np.float64(truncation).view(np.int64)
+    return rows
+
+
+@dataclass
+class BatchStats:
+    """How the adaptive batcher grouped work: evidence that merging happened."""
+    sizes: Counter = field(default_factory=Counter)   # rows per merged call -> number of calls
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, size: int) -> None:
+        with self.lock:
+            self.sizes[size] += 1
+
+    def summary(self) -> dict:
+        with self.lock:
+            calls = sum(self.sizes.values())
+            return {"calls": calls, "rows": sum(k * v for k, v in self.sizes.items()),
+                    "max_rows": max(self.sizes, default=0), "histogram": {str(k): v for k, v in sorted(self.sizes.items())}}
+
+
+class ModelRuntime:
+    """Loads and warms every configured model; a model that fails verification keeps the runtime not-ready."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        self.models: list[ModelDir] = []
+        self.engines: list[Engine] = []
+        self.errors: dict[str, str] = {}
+        self.stats = BatchStats()
+        options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, fp16=settings.fp16)
+        for ref in settings.models:
+            try:
+                model = load_model_dir(settings.resolve_model(ref))
+            except ModelDirError as exc:
+                log.error("model %s failed verification, service stays not-ready: %s", ref, exc)
+                self.errors[ref] = str(exc)
+                continue
+            engine = Engine(model, options)      # EngineError (e.g. require_gpu without GPU) stops start-up
+            engine.warmup(settings.bucket_sizes())
+            log.info("model %s ready on %s (%s), warmed batch sizes %s", model.name, engine.provider,
+                     engine.model_file, settings.bucket_sizes())
+            self.models.append(model)
+            self.engines.append(engine)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.engines) and not self.errors
+
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self.settings.bucket_sizes() if b >= n) if self.settings.pad_to_buckets else n
+
+    def _run(self, model_id: int, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """Engine call padded to a warmed bucket size; padding rows are dropped again."""
+        n, engine = len(z), self.engines[model_id]
+        size = self._bucket(n)
+        if size > n:
+            z = np.concatenate([z, np.zeros((size - n, z.shape[1]), np.float32)])
+            labels = None if labels is None else np.concatenate([labels, np.zeros(size - n, np.int64)])
+        return engine.generate(z, labels)[:n]
+
+    def latents_for(self, model_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """z [n, d] and labels [n] of rows that all belong to one model."""
+        model = self.models[model_id]
+        z = np.empty((len(rows), model.latent_dim), np.float32)
+        labels = rows[:, COL_LABEL].copy() if model.num_classes else None
+        # One vectorised latents() call per run of consecutive indices of one (seed, truncation).
+        for start, stop in _runs(rows):
+            seed, first = int(rows[start, COL_SEED]), int(rows[start, COL_INDEX])
+            psi = float(rows[start:start + 1, COL_PSI].view(np.float64)[0])
+            z[start:stop] = latents(seed, first, stop - start, model.latent_dim, psi)
+            if labels is not None:
+                derived = random_labels(seed, first, stop - start, model.latent_dim, model.num_classes)
+                run = labels[start:stop]
+                run[run == RANDOM_LABEL] = derived[run == RANDOM_LABEL]
+        return z, labels
+
+    def render(self, rows: np.ndarray) -> np.ndarray:
+        """int64 rows [N, 5] (merged from many requests) -> uint8 [N, P], P = widest model's H*W*C (zero-padded)."""
+        self.stats.add(len(rows))
+        width = max(int(np.prod(m.image_shape)) for m in self.models)
+        out = np.zeros((len(rows), width), np.uint8)
+        for model_id in np.unique(rows[:, COL_MODEL]):
+            mask = rows[:, COL_MODEL] == model_id
+            z, labels = self.latents_for(int(model_id), rows[mask])
+            images = self._run(int(model_id), z, labels)                     # [k, H, W, C]
+            out[mask, : images[0].size] = images.reshape(len(images), -1)
+        return out
+
+    def interpolate(self, model_id: int, ends: list[tuple[int, int]], label: int, steps: int, truncation: float):
+        """Frames uint8 [steps, H, W, C] along the great circle between two (seed, index) latents."""
+        model = self.models[model_id]
+        za, zb = (latents(seed, index, 1, model.latent_dim, truncation)[0] for seed, index in ends)
+        z = slerp(za, zb, np.linspace(0.0, 1.0, steps)).astype(np.float32)   # [steps, d]
+        labels = np.full(steps, label, np.int64) if model.num_classes else None
+        return self._run(model_id, z, labels)
+
+    def describe(self) -> dict:
+        return {
+            "ready": self.ready,
+            "errors": self.errors,
+            "models": [{"name": m.name, "version": m.version, "tag": m.tag, "path": str(m.path),
+                        "latent_dim": m.latent_dim, "num_classes": m.num_classes, "class_names": m.class_names,
+                        "image_shape": list(m.image_shape), "sha256": m.sha256,
+                        "provider": e.provider, "model_file": e.model_file,
+                        "manifest": m.manifest, "metrics": m.manifest.get("metrics", {})}
+                       for m, e in zip(self.models, self.engines)],
+            "batching": {"max_batch_size": self.settings.max_batch_size,
+                         "max_latency_ms": self.settings.max_latency_ms,
+                         "pad_to_buckets": self.settings.pad_to_buckets,
+                         "buckets": self.settings.bucket_sizes(), "observed": self.stats.summary()},
+        }
+
+
+def _runs(rows: np.ndarray):
+    """(start, stop) spans of rows with one seed and truncation and indices increasing by one."""
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if (i == len(rows) or rows[i, COL_SEED] != rows[start, COL_SEED] or rows[i, COL_PSI] != rows[start, COL_PSI]
+                or rows[i, COL_INDEX] != rows[i - 1, COL_INDEX] + 1):
+            yield start, i
+            start = i
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation [len(t), d] between vectors a and b (linear when they are parallel)."""
+    a64, b64, t = a.astype(np.float64), b.astype(np.float64), t[:, None]
+    cos = np.dot(a64, b64) / (np.linalg.norm(a64) * np.linalg.norm(b64))
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if omega < 1e-6:
+        return (1 - t) * a64 + t * b64
+    return (np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)

@@ -1,0 +1,237 @@
+"""BentoML services: ``Runtime`` (onnxruntime, adaptive batching) and ``GAN`` (the public HTTP API).
+
+    bentoml serve service.service:GAN          # serves both; the front calls the runtime via bentoml.depends
+
+The front validates requests, turns them into rows (model, seed, index, label, truncation) and
+encodes the images on its own CPU worker(s); the runtime worker batches rows from many requests
+into one onnxruntime call. Settings: see service/settings.py (GAN_* env vars or --arg).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import bentoml
+import numpy as np
+from annotated_types import Ge, Le, MaxLen, MinLen
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import StrictBool, StrictInt, StrictStr
+from starlette.responses import Response
+
+from service.codecs import encode_batch, encode_gif, encode_strip
+from service.guard import RequestGuard
+from service.latents import MAX_SEED
+from service.runtime import RANDOM_LABEL, ModelRuntime, make_rows
+from service.settings import load_settings
+
+log = logging.getLogger("gan.service")
+SETTINGS = load_settings(vars(bentoml.use_arguments()))
+WEB_PAGE = Path(__file__).with_name("web") / "index.html"
+
+IMAGES_GENERATED = bentoml.metrics.Counter(
+    name="gan_images_generated", documentation="images returned by /generate and /interpolate",
+    labelnames=["model"])
+RUNTIME_BATCH_ROWS = bentoml.metrics.Histogram(
+    name="gan_runtime_batch_rows", documentation="rows per merged runtime call (adaptive batching)",
+    buckets=SETTINGS.bucket_sizes())
+
+Label = Union[StrictInt, StrictStr]
+Seed = Annotated[StrictInt, Ge(0), Le(MAX_SEED)]
+
+
+@bentoml.service(name="gan-runtime", workers=SETTINGS.runtime_workers,
+                 traffic={"timeout": SETTINGS.timeout_s})
+class Runtime:
+    def __init__(self) -> None:
+        self.runtime = ModelRuntime(SETTINGS)
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def render(self, rows: np.ndarray) -> np.ndarray:
+        RUNTIME_BATCH_ROWS.observe(len(rows))
+        return self.runtime.render(rows)
+
+    @bentoml.api
+    def interpolate(self, model_id: int, ends: list[list[int]], label: int, steps: int,
+                    truncation: float) -> np.ndarray:
+        return self.runtime.interpolate(model_id, [tuple(e) for e in ends], label, steps, truncation)
+
+    @bentoml.api
+    def describe(self) -> dict:
+        return self.runtime.describe()
+
+
+class RequestError(Exception):
+    """A request field that is valid JSON but not acceptable here; answered 4xx naming the field."""
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+def _error(field: str, message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+web = FastAPI(title="GAN web page and info")
+
+
+@bentoml.service(name="gan", workers=SETTINGS.front_workers,
+                 traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency})
+@bentoml.asgi_app(web, path="/")
+class GAN:
+    runtime = bentoml.depends(Runtime)
+
+    def __init__(self) -> None:
+        self._info: dict | None = None
+
+    async def __is_ready__(self) -> bool:
+        info = await self.runtime.to_async.describe()
+        return bool(info["ready"])
+
+    async def _models(self) -> list[dict]:
+        """Model descriptions from the runtime (fetched once it is ready, then cached)."""
+        if self._info is None:
+            info = await self.runtime.to_async.describe()
+            if not info["ready"]:
+                raise RequestError("model", f"models are not ready: {info['errors'] or 'still loading'}", 503)
+            self._info = info
+        return self._info["models"]
+
+    async def _pick(self, name: str | None) -> tuple[int, dict]:
+        models = await self._models()
+        if name is None:
+            return 0, models[0]
+        for i, m in enumerate(models):
+            if name in (m["name"], m["tag"]):
+                return i, m
+        raise RequestError("model", f"unknown model {name!r}; available: {', '.join(m['name'] for m in models)}", 404)
+
+    @staticmethod
+    def _labels(model: dict, labels, n: int) -> list[int]:
+        """Class ids for n images: RANDOM_LABEL each when none were given; one label applies to all."""
+        if labels is None:
+            return [RANDOM_LABEL] * n
+        if not model["num_classes"]:
+            raise RequestError("labels", f"model {model['name']!r} is unconditional: it takes no labels")
+        given = labels if isinstance(labels, list) else [labels]
+        if len(given) not in (1, n):
+            raise RequestError("labels", f"give one label or n = {n} labels, not {len(given)}")
+        ids = []
+        for label in given:
+            ids.append(_label_id(model, label))
+        return ids * n if len(ids) == 1 else ids
+
+    async def _render(self, model_id: int, model: dict, seed: int, n: int, labels: list[int], psi: float):
+        rows = make_rows(model_id, seed, np.arange(n), labels, psi)
+        try:
+            flat = await self.runtime.to_async.render(rows)
+        except bentoml.exceptions.BentoMLException as exc:
+            status = getattr(getattr(exc, "error_code", None), "value", 500)
+            if status == 503:
+                raise RequestError("n", "the batching latency budget was exceeded (server overloaded); retry", 503)
+            raise
+        h, w, c = model["image_shape"]
+        return np.asarray(flat)[:, : h * w * c].reshape(n, h, w, c)
+
+    @bentoml.api(route="/generate")
+    async def generate(self, n: Annotated[StrictInt, Ge(1), Le(SETTINGS.max_n)] = 1, model: StrictStr | None = None,
+                       seed: Seed | None = None, labels: Union[Label, list[Label], None] = None,
+                       truncation: Annotated[float, Ge(0), Le(1)] = 1.0,
+                       format: Literal["png", "jpeg", "webp", "npy", "zip"] = "png",
+                       grid: StrictBool = False):
+        """Generate n images. Image (seed, i) is the same bytes however requests are batched."""
+        try:
+            if truncation <= 0:
+                raise RequestError("truncation", "truncation must be in (0, 1]")
+            if format in ("png", "jpeg", "webp") and n > 1 and not grid:
+                raise RequestError("grid", f"format {format} returns one image: set grid=true, or use zip/npy")
+            model_id, info = await self._pick(model)
+            ids = self._labels(info, labels, n)
+            seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+            images = await self._render(model_id, info, seed, n, ids, truncation)
+        except RequestError as exc:
+            return _error(exc.field, str(exc), exc.status)
+        names = [f"{info['name']}-{seed}-{i}.png" for i in range(n)]
+        body, media = await asyncio.to_thread(encode_batch, images, format, grid, names)
+        IMAGES_GENERATED.labels(model=info["name"]).inc(n)
+        headers = {"X-Seed": str(seed), "X-Model": info["name"], "Cache-Control": "no-store"}
+        if info["num_classes"]:
+            resolved = self._resolved_labels(model_id, seed, n, ids, info)
+            headers["X-Labels"] = ",".join(str(x) for x in resolved)
+        return Response(body, media_type=media, headers=headers)
+
+    def _resolved_labels(self, model_id, seed, n, ids, info) -> list[int]:
+        """The class each image got, random ones included (same derivation as the runtime)."""
+        from service.latents import random_labels
+
+        derived = random_labels(seed, 0, n, info["latent_dim"], info["num_classes"])
+        return [int(d) if i == RANDOM_LABEL else i for i, d in zip(ids, derived)]
+
+    @bentoml.api(route="/interpolate")
+    async def interpolate(self, seeds: Annotated[list[Seed], MinLen(2), MaxLen(2)] | None = None,
+                          indices: list[Annotated[StrictInt, Ge(0)]] | None = None,
+                          model: StrictStr | None = None, label: Label | None = None,
+                          steps: Annotated[StrictInt, Ge(2), Le(SETTINGS.max_steps)] = 16,
+                          truncation: Annotated[float, Ge(0), Le(1)] = 1.0,
+                          format: Literal["gif", "png"] = "gif"):
+        """Frames along the spherical path between latents (seeds[0], indices[0]) and (seeds[1], indices[1])."""
+        try:
+            if seeds is None or len(seeds) != 2:
+                raise RequestError("seeds", "give exactly two seeds")
+            indices = indices if indices is not None else [0, 0]
+            if len(indices) != 2:
+                raise RequestError("indices", "give exactly two indices")
+            if truncation <= 0:
+                raise RequestError("truncation", "truncation must be in (0, 1]")
+            model_id, info = await self._pick(model)
+            if label is not None and not info["num_classes"]:
+                raise RequestError("label", f"model {info['name']!r} is unconditional: it takes no label")
+            label_id = _label_id(info, label) if label is not None else 0
+            ends = [[seeds[0], indices[0]], [seeds[1], indices[1]]]
+            frames = np.asarray(await self.runtime.to_async.interpolate(model_id, ends, label_id, steps, truncation))
+        except RequestError as exc:
+            return _error(exc.field, str(exc), exc.status)
+        body = await asyncio.to_thread(encode_gif if format == "gif" else encode_strip, frames)
+        IMAGES_GENERATED.labels(model=info["name"]).inc(steps)
+        return Response(body, media_type="image/gif" if format == "gif" else "image/png",
+                        headers={"X-Seeds": f"{seeds[0]},{seeds[1]}", "X-Model": info["name"]})
+
+    @web.get("/info")
+    async def info(self):
+        """Models, their manifests and metrics, provider in use, batching limits and observed batch sizes."""
+        described = await self.runtime.to_async.describe()
+        return {**described, "limits": {k: getattr(SETTINGS, k) for k in (
+            "max_n", "max_steps", "max_concurrency", "timeout_s", "max_body_bytes")}}
+
+    @web.get("/ui", response_class=HTMLResponse)
+    def page(self):
+        return HTMLResponse(WEB_PAGE.read_text())
+
+
+def _label_id(model: dict, label) -> int:
+    """A class id or class name -> class id, or RequestError naming 'labels'."""
+    names = model["class_names"]
+    if isinstance(label, int) and not isinstance(label, bool):
+        if 0 <= label < model["num_classes"]:
+            return label
+        raise RequestError("labels", f"class id {label} outside 0..{model['num_classes'] - 1}")
+    for i, name in enumerate(names):
+        if str(label).lower() == name.lower():
+            return i
+    raise RequestError("labels", f"unknown class {label!r}; classes: {', '.join(names)}")
+
+
+def _params(api) -> set[str]:
+    """The JSON fields a BentoML API method takes (its input model's fields)."""
+    return set(api.input_spec.model_fields)
+
+
+GAN.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.max_body_bytes,
+                        fields={"/generate": _params(GAN.inner.generate), "/interpolate": _params(GAN.inner.interpolate)})

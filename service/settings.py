@@ -1,0 +1,78 @@
+"""Service settings: every field documented here, with its default.
+
+Resolution order (later wins): the defaults below, ``GAN_<FIELD>`` environment variables (handy for
+``docker run -e``), then BentoML arguments (``bentoml serve ... --arg field=value``).
+List fields take comma-separated values (``GAN_MODELS=models/a,models/b``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServeSettings(BaseModel):
+    models: list[str] = Field(["models/fmnist-dcgan", "models/fmnist-cdcgan"],
+                              description="model directories (relative to the project root) or BentoML model "
+                                          "tags (name:version); the first is the default")
+    provider: str = Field("auto", description="onnxruntime provider: auto (CUDA when present), cuda or cpu")
+    require_gpu: bool = Field(False, description="refuse to start without the CUDA provider")
+    fp16: bool = Field(True, description="use generator.fp16.onnx on the GPU when the model has one")
+    max_n: int = Field(64, ge=1, description="most images one /generate request may ask for")
+    max_batch_size: int = Field(256, ge=1, description="adaptive batching: most images per merged GPU batch")
+    max_latency_ms: int = Field(100, ge=1, description="adaptive batching latency budget; past it requests get 503")
+    pad_to_buckets: bool = Field(True, description="pad merged batches to power-of-two sizes so only those "
+                                                   "shapes are ever run (and warmed up)")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight before clients get 429")
+    timeout_s: float = Field(30.0, gt=0, description="per-request time limit; past it clients get 504")
+    max_body_bytes: int = Field(65536, ge=256, description="largest accepted request body; larger gets 413")
+    max_steps: int = Field(64, ge=2, description="most frames one /interpolate request may ask for")
+    runtime_workers: int = Field(1, ge=1, description="runtime (GPU) worker processes")
+    front_workers: int = Field(1, ge=1, description="front (validation + encoding) worker processes")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v):
+        if v not in ("auto", "cuda", "cpu"):
+            raise ValueError("provider must be auto, cuda or cpu")
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if not self.models:
+            raise ValueError("models: at least one model is needed")
+        if self.max_n > self.max_batch_size:
+            raise ValueError("max_n must not exceed max_batch_size (one request is never split)")
+        return self
+
+    def resolve_model(self, ref: str) -> str:
+        """A relative directory is taken from the project root; tags and absolute paths pass through."""
+        path = Path(ref)
+        if path.is_absolute() or ":" in ref and not (REPO_ROOT / ref).exists():
+            return ref
+        return str(REPO_ROOT / path)
+
+    def bucket_sizes(self) -> list[int]:
+        """Batch sizes the runtime may run: powers of two up to max_batch_size, and max_batch_size itself."""
+        sizes, b = [], 1
+        while b < self.max_batch_size:
+            sizes.append(b)
+            b *= 2
+        return sizes + [self.max_batch_size]
+
+
+def load_settings(arguments: dict | None = None, environ: dict | None = None) -> ServeSettings:
+    """Defaults <- GAN_* environment variables <- BentoML arguments."""
+    environ = os.environ if environ is None else environ
+    values = {name: environ[f"GAN_{name.upper()}"] for name in ServeSettings.model_fields
+              if f"GAN_{name.upper()}" in environ}
+    values.update(arguments or {})
+    return ServeSettings(**values)

@@ -1,0 +1,257 @@
+"""Service at three levels: pure pieces, the runtime in-process, and a real `bentoml serve` over HTTP."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import shutil
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.codecs import encode_batch, encode_gif
+from service.latents import MAX_SEED, latents, random_labels, truncation_bound
+from service.runtime import RANDOM_LABEL, ModelRuntime, _runs, make_rows, slerp
+from service.settings import ServeSettings, load_settings
+
+# ---------------------------------------------------------------- pure functions
+
+
+def test_latents_are_a_pure_function_of_seed_and_index():
+    whole = latents(7, 0, 100, 33)
+    assert whole.shape == (100, 33) and whole.dtype == np.float32
+    assert np.array_equal(whole[40:50], latents(7, 40, 10, 33))        # any sub-range, same numbers
+    assert np.array_equal(whole[99], latents(7, 99, 1, 33)[0])
+    assert not np.array_equal(latents(8, 0, 1, 33), whole[:1])          # seeds differ
+    big = latents(MAX_SEED, 10**12, 20000, 64)
+    assert abs(big.mean()) < 0.01 and abs(big.std() - 1) < 0.01         # standard normal
+    labels = random_labels(7, 0, 5000, 33, 10)
+    assert np.array_equal(labels[100:110], random_labels(7, 100, 10, 33, 10))
+    assert set(np.unique(labels)) == set(range(10)) and np.bincount(labels).min() > 400
+    with pytest.raises(ValueError, match="seed"):
+        latents(-1, 0, 1, 4)
+
+
+def test_truncation_clips_to_central_mass():
+    assert truncation_bound(1.0) == float("inf")
+    assert truncation_bound(0.6827) == pytest.approx(1.0, abs=1e-3)    # one sigma holds 68.27%
+    z = latents(3, 0, 1000, 16, truncation=0.5)
+    assert np.abs(z).max() <= truncation_bound(0.5) + 1e-6
+    untruncated = latents(3, 0, 1000, 16)
+    inside = np.abs(untruncated) <= truncation_bound(0.5)
+    assert np.array_equal(z[inside], untruncated[inside])                # only the tails move
+    with pytest.raises(ValueError):
+        truncation_bound(0.0)
+
+
+def test_codecs_roundtrip():
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    png, media = encode_batch(images[:1], "png", False, ["a.png"])
+    assert media == "image/png" and np.array_equal(np.asarray(Image.open(io.BytesIO(png)))[..., None], images[0])
+    npy, _ = encode_batch(images, "npy", False, [])
+    assert np.array_equal(np.load(io.BytesIO(npy)), images)
+    zipped, _ = encode_batch(images, "zip", False, ["x-0.png", "x-1.png", "x-2.png"])
+    with zipfile.ZipFile(io.BytesIO(zipped)) as zf:
+        assert zf.namelist() == ["x-0.png", "x-1.png", "x-2.png"]
+        assert np.array_equal(np.asarray(Image.open(zf.open("x-2.png")))[..., None], images[2])
+    grid, _ = encode_batch(images, "webp", True, [])
+    assert Image.open(io.BytesIO(grid)).format == "WEBP"
+    assert encode_batch(images, "zip", False, ["x-0.png", "x-1.png", "x-2.png"])[0] == zipped   # reproducible
+    with pytest.raises(ValueError, match="grid"):
+        encode_batch(images, "png", False, [])
+    gif = Image.open(io.BytesIO(encode_gif(images)))
+    assert gif.format == "GIF" and gif.n_frames == 4                              # forward and back
+
+
+def test_slerp_and_rows():
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 2.0])
+    path = slerp(a, b, np.linspace(0, 1, 5))
+    assert np.allclose(path[0], a) and np.allclose(path[-1], b)
+    unit = slerp(a, np.array([0.0, 1.0]), np.linspace(0, 1, 5))
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1.0)                       # stays on the circle
+    assert np.allclose(unit[2], [np.sqrt(0.5), np.sqrt(0.5)])
+    rows = np.concatenate([make_rows(0, 5, [0, 1, 2], [RANDOM_LABEL] * 3, 1.0),
+                           make_rows(0, 5, [7, 8], [1, 1], 1.0), make_rows(0, 6, [9], [2], 0.5)])
+    assert list(_runs(rows)) == [(0, 3), (3, 5), (5, 6)]
+    assert rows[5, 4] == np.float64(0.5).view(np.int64)
+
+
+def test_settings_env_and_arguments():
+    s = load_settings({"max_n": 8}, {"GAN_MODELS": "a, b", "GAN_MAX_BATCH_SIZE": "32"})
+    assert s.models == ["a", "b"] and s.max_batch_size == 32 and s.max_n == 8
+    assert s.bucket_sizes() == [1, 2, 4, 8, 16, 32]
+    with pytest.raises(ValueError, match="max_n must not exceed max_batch_size"):
+        ServeSettings(max_n=64, max_batch_size=16)
+
+
+# ---------------------------------------------------------------- the runtime in-process
+
+@pytest.fixture(scope="module")
+def runtime(tiny_models):
+    return ModelRuntime(ServeSettings(models=[str(tiny_models["dc"]), str(tiny_models["cdc"])], max_batch_size=64,
+                                      max_n=64))
+
+
+def test_runtime_batch_composition_does_not_change_images(runtime):
+    alone = runtime.render(make_rows(0, 11, [5], [RANDOM_LABEL], 1.0))
+    in_n = runtime.render(make_rows(0, 11, np.arange(20), [RANDOM_LABEL] * 20, 1.0))
+    merged = runtime.render(np.concatenate([make_rows(1, 3, np.arange(7), [RANDOM_LABEL] * 7, 0.7),
+                                            make_rows(0, 11, [5, 6], [RANDOM_LABEL] * 2, 1.0),
+                                            make_rows(0, 99, np.arange(30), [RANDOM_LABEL] * 30, 1.0)]))
+    assert np.array_equal(alone[0], in_n[5]) and np.array_equal(in_n[5], merged[7])
+    assert np.array_equal(in_n[6], merged[8])
+    assert runtime.stats.summary()["max_rows"] == 39
+
+
+def test_runtime_labels_and_describe(runtime):
+    fixed = runtime.render(make_rows(1, 4, np.arange(10), np.arange(10), 1.0))
+    derived = random_labels(4, 0, 10, runtime.models[1].latent_dim, 10)
+    explicit = runtime.render(make_rows(1, 4, np.arange(10), derived, 1.0))
+    random = runtime.render(make_rows(1, 4, np.arange(10), [RANDOM_LABEL] * 10, 1.0))
+    assert np.array_equal(random, explicit) and not np.array_equal(fixed, random)
+    info = runtime.describe()
+    assert info["ready"] and [m["name"] for m in info["models"]] == ["tiny-dc", "tiny-cdc"]
+    assert info["models"][1]["class_names"][0] == "T-shirt/top" and info["models"][0]["provider"]
+    frames = runtime.interpolate(0, [(1, 0), (2, 0)], 0, 5, 1.0)
+    assert frames.shape == (5, 28, 28, 1)
+    first = runtime.render(make_rows(0, 1, [0], [RANDOM_LABEL], 1.0)).reshape(28, 28, 1)
+    assert np.array_equal(frames[0], first)
+
+
+def test_runtime_not_ready_on_tampered_model(tiny_models, tmp_path):
+    bad = shutil.copytree(tiny_models["dc"], tmp_path / "bad")
+    data = bytearray((bad / "generator.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "generator.onnx").write_bytes(bytes(data))
+    rt = ModelRuntime(ServeSettings(models=[str(bad)]))
+    assert not rt.ready and "generator.onnx" in rt.errors[str(bad)]
+
+
+# ---------------------------------------------------------------- the real server over HTTP
+
+@pytest.fixture(scope="module")
+def server(tiny_models, start_server):
+    return start_server({"GAN_MODELS": f"{tiny_models['dc']},{tiny_models['cdc']}", "GAN_MAX_LATENCY_MS": "200",
+                         "GAN_MAX_N": "64", "GAN_MAX_BATCH_SIZE": "256"})
+
+
+def post(server, path, body, **kw):
+    return httpx.post(server.url + path, json=body, timeout=60, **kw)
+
+
+def test_http_every_format(server):
+    for fmt, media in (("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp")):
+        r = post(server, "/generate", {"n": 4, "seed": 1, "format": fmt, "grid": True})
+        assert r.status_code == 200 and r.headers["content-type"] == media and r.headers["x-seed"] == "1"
+        assert Image.open(io.BytesIO(r.content)).size == (2 * 30 + 2, 2 * 30 + 2)
+    r = post(server, "/generate", {"n": 3, "seed": 2, "format": "npy"})
+    images = np.load(io.BytesIO(r.content))
+    assert images.shape == (3, 28, 28, 1) and images.dtype == np.uint8
+    r = post(server, "/generate", {"n": 3, "seed": 2, "format": "zip"})
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert zf.namelist() == [f"tiny-dc-2-{i}.png" for i in range(3)]
+        assert np.array_equal(np.asarray(Image.open(zf.open("tiny-dc-2-1.png")))[..., None], images[1])
+    r = post(server, "/generate", {})
+    assert r.status_code == 200 and 0 <= int(r.headers["x-seed"]) <= MAX_SEED       # random seed, reported
+
+
+def test_http_conditional_labels_and_truncation(server):
+    r = post(server, "/generate", {"model": "tiny-cdc", "n": 3, "seed": 9, "labels": ["Bag", 0, "sneaker"],
+                                   "format": "npy"})
+    assert r.status_code == 200 and r.headers["x-labels"] == "8,0,7"
+    r2 = post(server, "/generate", {"model": "tiny-cdc", "n": 3, "seed": 9, "format": "npy"})
+    assert r2.headers["x-labels"] == ",".join(map(str, random_labels(9, 0, 3, 16, 10)))
+    t = post(server, "/generate", {"n": 2, "seed": 9, "format": "npy", "truncation": 0.3})
+    assert t.status_code == 200 and t.content != post(server, "/generate", {"n": 2, "seed": 9, "format": "npy"}).content
+
+
+def test_http_interpolate_and_info(server):
+    r = post(server, "/interpolate", {"seeds": [1, 2], "steps": 6})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).n_frames == 10
+    r = post(server, "/interpolate", {"seeds": [1, 2], "steps": 6, "format": "png", "model": "tiny-cdc",
+                                      "label": "Coat"})
+    assert Image.open(io.BytesIO(r.content)).size == (6 * 30 + 2, 32)
+    info = httpx.get(server.url + "/info").json()
+    assert [m["name"] for m in info["models"]] == ["tiny-dc", "tiny-cdc"]
+    assert info["models"][0]["provider"] == "CPUExecutionProvider" and info["models"][0]["manifest"]["opset"]
+    assert info["batching"]["max_batch_size"] == 256 and info["limits"]["max_n"] == 64
+    for path in ("/livez", "/readyz"):
+        assert httpx.get(server.url + path).status_code == 200
+    page = httpx.get(server.url + "/ui")
+    assert page.status_code == 200 and "<title>GAN image service</title>" in page.text
+
+
+BAD_REQUESTS = [
+    ({"n": 0}, "n", 400), ({"n": 65}, "n", 400), ({"n": "3"}, "n", 400), ({"n": 2.5}, "n", 400),
+    ({"seed": -1}, "seed", 400), ({"seed": 2**63}, "seed", 400), ({"seed": "x"}, "seed", 400),
+    ({"format": "bmp"}, "format", 400), ({"model": "nope"}, "model", 404), ({"model": 3}, "model", 400),
+    ({"labels": [1]}, "labels", 400), ({"model": "tiny-cdc", "labels": "Hat"}, "labels", 400),
+    ({"model": "tiny-cdc", "labels": 10}, "labels", 400), ({"model": "tiny-cdc", "n": 3, "labels": [1, 2], "format": "npy"}, "labels", 400),
+    ({"truncation": 0}, "truncation", 400), ({"truncation": 1.01}, "truncation", 400), ({"truncation": "a"}, "truncation", 400),
+    ({"n": 2}, "grid", 400), ({"grid": "yes"}, "grid", 400), ({"bogus": 1}, "bogus", 400),
+]
+
+
+@pytest.mark.parametrize("body, field, status", BAD_REQUESTS)
+def test_http_bad_input_names_the_field(server, body, field, status):
+    r = post(server, "/generate", body)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field, r.text
+
+
+def test_http_bad_transport(server):
+    r = httpx.post(server.url + "/generate", content=b"n=1", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["field"] == "content-type"
+    r = httpx.post(server.url + "/generate", content=b"{" + b" " * 70000 + b"}",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    r = httpx.post(server.url + "/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = post(server, "/interpolate", {"seeds": [1]})
+    assert r.status_code == 400 and r.json()["field"] == "seeds"
+    assert post(server, "/generate", {"n": 1, "seed": 1}).status_code == 200         # still serving
+
+
+def test_http_determinism_under_concurrent_load(server):
+    """Byte-identical images whether asked alone, in n, or merged with other clients' requests."""
+    serial = {s: post(server, "/generate", {"n": 8, "seed": s, "format": "npy"}).content for s in range(6)}
+    singles = {(s, i): np.load(io.BytesIO(post(server, "/generate", {"n": 1, "seed": s, "format": "npy"}).content))
+               for s, i in [(0, 0), (3, 0)]}
+    before = httpx.get(server.url + "/info").json()["batching"]["observed"]
+    jobs = [(s, rep) for s in range(6) for rep in range(8)]                     # 48 concurrent clients
+    with cf.ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(lambda job: (job[0], post(server, "/generate",
+                                                           {"n": 8, "seed": job[0], "format": "npy"})), jobs))
+    for seed, r in results:
+        assert r.status_code == 200 and r.content == serial[seed]
+    for (s, i), image in singles.items():
+        assert np.array_equal(np.load(io.BytesIO(serial[s]))[i], image[0])
+    after = httpx.get(server.url + "/info").json()["batching"]["observed"]
+    assert after["max_rows"] > 8, after          # the batcher merged requests of 8 rows into bigger calls
+    assert after["calls"] - before["calls"] < len(jobs)
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "gan_images_generated" in metrics
+
+
+def test_http_429_past_max_concurrency(tiny_models, start_server):
+    srv = start_server({"GAN_MODELS": str(tiny_models["dc"]), "GAN_MAX_CONCURRENCY": "2", "GAN_MAX_N": "64"})
+    with cf.ThreadPoolExecutor(40) as pool:
+        codes = list(pool.map(lambda _: post(srv, "/generate", {"n": 64, "format": "zip"}).status_code, range(40)))
+    assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+    r = post(srv, "/generate", {"n": 1, "seed": 3})
+    assert r.status_code == 200 and httpx.get(srv.url + "/readyz").status_code == 200
+
+
+def test_http_not_ready_on_tampered_model(tiny_models, start_server, tmp_path):
+    bad = shutil.copytree(tiny_models["cdc"], tmp_path / "tampered")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    (bad / "samples.png").write_bytes(b"not the image the manifest promised")
+    srv = start_server({"GAN_MODELS": str(bad)}, ready=False)
+    srv.wait("/livez", 200)
+    srv.wait("/readyz", 503, timeout=60)
+    r = post(srv, "/generate", {"n": 1})
+    assert r.status_code == 503 and r.json()["field"] == "model" and "samples.png" in r.json()["error"]
+    assert "samples.png" in srv.log() and manifest["name"] == "tiny-cdc"
