@@ -119,6 +119,43 @@ def cmd_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- gan serve
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve models over HTTP (bentoml serve service.service:GAN)",
+                       description="Start the BentoML HTTP service. Every setting of service/settings.py can also "
+                                   "be given as a GAN_<NAME> environment variable.")
+    p.add_argument("--models", help="comma-separated model directories or BentoML tags; the first is the default "
+                                    "(default: models/fmnist-dcgan,models/fmnist-cdcgan)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
+    p.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="onnxruntime provider (default: auto)")
+    p.add_argument("--require-gpu", action="store_true", help="fail at start-up when CUDA is not available")
+    p.add_argument("--max-batch-size", type=int, help="adaptive batching: most images per merged batch (default: 256)")
+    p.add_argument("--max-latency-ms", type=int, help="adaptive batching latency budget (default: 100)")
+    p.add_argument("--max-concurrency", type=int, help="requests in flight before 429 (default: 64)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    env = dict(os.environ)
+    for name in ("models", "provider", "max_batch_size", "max_latency_ms", "max_concurrency"):
+        value = getattr(args, name)
+        if value is not None:
+            if isinstance(value, int) and value < 1:
+                raise CLIError(f"--{name.replace('_', '-')}: must be >= 1")
+            env[f"GAN_{name.upper()}"] = str(value)
+    if args.require_gpu:
+        env["GAN_REQUIRE_GPU"] = "true"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:GAN", "--host", args.host, "--port", str(args.port)]
+    os.chdir(root)
+    os.execvpe(cmd[0], cmd, env)
+    return 0   # not reached
+
+
 # ---------------------------------------------------------------- gan bench
 
 def _bench_parser(sub) -> None:
@@ -161,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _export_parser(sub)
+    _serve_parser(sub)
     _bench_parser(sub)
     return parser
 

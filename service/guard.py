@@ -84,9 +84,10 @@ def _name_the_field(send):
         body = message.get("body", b"")
         try:
             data = json.loads(body)
-            loc = data["detail"][0]["loc"] if isinstance(data, dict) and data.get("detail") else None
-            if loc is not None and "field" not in data:
-                data["field"] = ".".join(str(x) for x in loc) or "body"
+            first = data["detail"][0] if isinstance(data, dict) and data.get("detail") else None
+            if first is not None and "field" not in data:
+                data["field"] = ".".join(str(x) for x in first["loc"]) or "body"
+                data["error"] = f"{data['field']}: {first['msg']}"
                 body = json.dumps(data).encode()
         except (ValueError, KeyError, IndexError, TypeError):
             pass
