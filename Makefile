@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,serve,dev]'
 	touch $@
 
-# The main job.
+# The main job: serve the shipped models (the first, fmnist-dcgan, is the default) on port 3000.
 run: setup
+	$(BIN)/gan serve --port $(or $(PORT),3000)
+
+# A short CPU training run on Fashion-MNIST (writes runs/NNNNN-fmnist-dcgan/ with a checkpoint and sample grids).
+train-demo: setup
 	$(BIN)/gan train --preset fmnist-dcgan --steps 300 --log-every 50
 
 test: setup
