@@ -156,6 +156,52 @@ def cmd_serve(args) -> int:
     return 0   # not reached
 
 
+# ---------------------------------------------------------------- gan sample
+
+def _sample_parser(sub) -> None:
+    p = sub.add_parser("sample", help="offline sampling of many images to shards on disk (resumable)",
+                       description="Write COUNT images of MODEL (a model directory or BentoML tag) to --out as "
+                                   "shards plus index.json. Re-running the same command resumes; "
+                                   "--verify DIR checks completeness and checksums.")
+    p.add_argument("model", nargs="?", help="model directory or BentoML tag (default: models/fmnist-dcgan)",
+                   default="models/fmnist-dcgan")
+    p.add_argument("--count", type=int, help="number of images (required unless --verify)")
+    p.add_argument("--seed", type=int, default=0, help="seed: image i is image (seed, i) of the HTTP service (default: 0)")
+    p.add_argument("--out", help="output directory (required unless --verify)")
+    p.add_argument("--labels", default="random", help="random (the service's per-image class), balanced "
+                   "(index mod classes), or one class id or name (default: random)")
+    p.add_argument("--truncation", type=float, default=1.0, help="psi in (0, 1] (default: 1.0)")
+    p.add_argument("--format", default="png-tar", choices=["png-tar", "npy", "png"],
+                   help="png-tar: PNGs in tar shards; npy: uint8 array shards; png: individual files (default: png-tar)")
+    p.add_argument("--shard-size", type=int, default=10000, help="images per shard (default: 10000)")
+    p.add_argument("--batch", type=int, default=1024, help="images per engine call (default: 1024)")
+    p.add_argument("--workers", type=int, default=0, help="encoding processes (default: 0 = one per core)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cuda", "cpu"], help="onnxruntime provider (default: auto)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"], help="local, or Ray Data actors (default: local)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--verify", metavar="DIR", help="check DIR's completeness and checksums, then exit")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    from service.sampler import SampleError, SampleOptions, sample, verify
+
+    try:
+        if args.verify:
+            print(json.dumps(verify(args.verify)))
+            return 0
+        if args.count is None or args.out is None:
+            raise CLIError("--count and --out are required (or --verify DIR)")
+        options = SampleOptions(batch=args.batch, workers=args.workers, provider=args.provider, engine=args.engine,
+                                progress=args.progress)
+        summary = sample(args.model, args.count, args.seed, args.out, labels=args.labels, truncation=args.truncation,
+                         fmt=args.format, shard_size=args.shard_size, options=options)
+    except SampleError as exc:
+        raise CLIError(str(exc)) from exc
+    print(json.dumps(summary))
+    return 0
+
+
 # ---------------------------------------------------------------- gan bench
 
 def _bench_parser(sub) -> None:
@@ -199,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _export_parser(sub)
     _serve_parser(sub)
+    _sample_parser(sub)
     _bench_parser(sub)
     return parser
 

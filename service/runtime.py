@@ -55,7 +55,7 @@ class BatchStats:
 class ModelRuntime:
     """Loads and warms every configured model; a model that fails verification keeps the runtime not-ready."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, warmup: bool = True):
         self.settings = settings
         self.models: list[ModelDir] = []
         self.engines: list[Engine] = []
@@ -66,13 +66,14 @@ class ModelRuntime:
             try:
                 model = load_model_dir(settings.resolve_model(ref))
             except ModelDirError as exc:
-                log.error("model %s failed verification, service stays not-ready: %s", ref, exc)
+                log.error("model %s failed to load (not ready): %s", ref, exc)
                 self.errors[ref] = str(exc)
                 continue
             engine = Engine(model, options)      # EngineError (e.g. require_gpu without GPU) stops start-up
-            engine.warmup(settings.bucket_sizes())
-            log.info("model %s ready on %s (%s), warmed batch sizes %s", model.name, engine.provider,
-                     engine.model_file, settings.bucket_sizes())
+            if warmup:
+                engine.warmup(settings.bucket_sizes())
+            log.info("model %s ready on %s (%s)%s", model.name, engine.provider, engine.model_file,
+                     f", warmed batch sizes {settings.bucket_sizes()}" if warmup else "")
             self.models.append(model)
             self.engines.append(engine)
 

@@ -132,12 +132,6 @@ def test_runtime_not_ready_on_tampered_model(tiny_models, tmp_path):
 
 # ---------------------------------------------------------------- the real server over HTTP
 
-@pytest.fixture(scope="module")
-def server(tiny_models, start_server):
-    return start_server({"GAN_MODELS": f"{tiny_models['dc']},{tiny_models['cdc']}", "GAN_MAX_LATENCY_MS": "200",
-                         "GAN_MAX_N": "64", "GAN_MAX_BATCH_SIZE": "256"})
-
-
 def post(server, path, body, **kw):
     return httpx.post(server.url + path, json=body, timeout=60, **kw)
 
