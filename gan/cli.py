@@ -202,6 +202,48 @@ def cmd_sample(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- gan evaluate
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="quality metrics of a model or a folder/shards of images",
+                       description="Fréchet distance, KID, precision/recall, class coverage and Parzen log-likelihood "
+                                   "in the features of the project's own Fashion-MNIST classifier (models/eval), beside "
+                                   "the real-data floor. --train-classifier trains and exports that classifier.")
+    p.add_argument("source", nargs="?", help="model directory, BentoML tag, image folder or sampler output directory")
+    p.add_argument("--n", type=int, default=10000, help="generated samples to evaluate (default: 10000)")
+    p.add_argument("--out", help="report directory (default: <model dir>/ for models, else ./eval-report)")
+    p.add_argument("--classifier", default="models/eval", help="classifier model directory (default: models/eval)")
+    p.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: 0)")
+    p.add_argument("--inception-weights", metavar="PATH", help="local Inception-v3 FID weights: also report standard FID")
+    p.add_argument("--train-classifier", action="store_true", help="train the feature classifier and export it to --classifier")
+    p.add_argument("--epochs", type=int, default=8, help="classifier training epochs (default: 8)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    if args.train_classifier:
+        if args.epochs < 1:
+            raise CLIError("--epochs: must be >= 1")
+        from training.classifier import train_classifier
+
+        print(train_classifier(out_dir=args.classifier, data_dir=args.data, epochs=args.epochs, seed=args.seed))
+        return 0
+    if not args.source:
+        raise CLIError("give a SOURCE to evaluate (or --train-classifier)")
+    if args.n < 2:
+        raise CLIError("--n: must be >= 2")
+    from evaluation.evaluate import EvaluationError, evaluate
+
+    try:
+        metrics = evaluate(args.source, n=args.n, out=args.out, classifier=args.classifier, data_dir=args.data,
+                           seed=args.seed, inception_weights=args.inception_weights)
+    except EvaluationError as exc:
+        raise CLIError(str(exc)) from exc
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 # ---------------------------------------------------------------- gan bench
 
 def _bench_parser(sub) -> None:
@@ -246,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _serve_parser(sub)
     _sample_parser(sub)
+    _evaluate_parser(sub)
     _bench_parser(sub)
     return parser
 
