@@ -112,8 +112,8 @@ def cmd_export(args) -> int:
 
     try:
         model_dir = export_model(args.checkpoint, args.name, out_dir=args.out_dir, opset=args.opset, fp16=args.fp16,
-                                 ema=args.ema, to_bentoml=args.to_bentoml, command=" ".join(["gan"] + sys.argv[1:]))
-    except (CheckpointError, ExportError) as exc:
+                                 ema=args.ema, to_bentoml=args.to_bentoml, command=" ".join(["gan"] + args.argv))
+    except (CheckpointError, ExportError, OSError) as exc:
         raise CLIError(str(exc)) from exc
     print(model_dir)
     return 0
@@ -261,6 +261,17 @@ def _bench_parser(sub) -> None:
     toy.add_argument("--steps", type=int, default=None, help="override every recipe's step count")
     toy.add_argument("--out", default="docs", help="output directory (default: docs)")
     toy.set_defaults(func=cmd_bench_toy)
+    smp = bench.add_parser("sample", help="offline sampler (NPY and PNG shards) against a naive PyTorch + PIL loop",
+                           description="Measure gan sample to NPY and PNG-tar shards, one core's PNG encode rate, and "
+                                       "the naive per-image loop on the same model; write docs/benchmarks.md.")
+    smp.add_argument("model", nargs="?", default="models/fmnist-dcgan", help="model directory (default: models/fmnist-dcgan)")
+    smp.add_argument("--count", type=int, default=100_000, help="images per sampler run (default: 100000)")
+    smp.add_argument("--naive-count", type=int, default=2000, help="images for the naive loop (default: 2000)")
+    smp.add_argument("--checkpoint", help="checkpoint for the naive loop (default: the manifest's source checkpoint)")
+    smp.add_argument("--batch", type=int, default=1024, help="sampler batch (default: 1024)")
+    smp.add_argument("--workers", type=int, default=0, help="sampler encoding processes (default: one per core)")
+    smp.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
+    smp.set_defaults(func=cmd_bench_sample)
 
 
 def cmd_bench_toy(args) -> int:
@@ -276,6 +287,21 @@ def cmd_bench_toy(args) -> int:
     report = run_toy_bench(datasets=args.datasets, recipes=args.recipes, seeds=args.seeds,
                            baseline_seeds=args.baseline_seeds, steps=args.steps, out=args.out)
     print(report)
+    return 0
+
+
+def cmd_bench_sample(args) -> int:
+    if args.count < 1 or args.naive_count < 1 or args.batch < 1:
+        raise CLIError("--count, --naive-count and --batch must be >= 1")
+    from service.modeldir import ModelDirError
+    from service.sampler import SampleError
+    from training.benchmarks import bench_sample
+
+    try:
+        print(bench_sample(args.model, args.count, args.naive_count, args.checkpoint, args.batch, args.workers, args.out,
+                           command=" ".join(["gan"] + args.argv)))
+    except (ModelDirError, SampleError) as exc:
+        raise CLIError(str(exc)) from exc
     return 0
 
 
@@ -295,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except CLIError as exc:

@@ -129,3 +129,19 @@ def test_ray_engine_writes_identical_shards(tiny_models, tmp_path):
         ray.shutdown()
     assert summary["shards"] == 3
     assert _files(distributed) == _files(local)
+
+
+def test_bench_sample_writes_a_measured_table(tiny_models, tmp_path):
+    from training.benchmarks import bench_sample, write_section
+
+    out = tmp_path / "benchmarks.md"
+    write_section(out, "Other", "kept")
+    body = bench_sample(str(tiny_models["dc"]), count=300, naive_count=20, batch=64, workers=1, out=str(out),
+                        command="gan bench sample tiny")
+    text = out.read_text()
+    assert "## Other\n\nkept" in text and "## Offline sampler (gan bench sample)" in text
+    rates = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in body.splitlines()
+             if line.startswith("| ") and "images/s" not in line and "---" not in line}
+    assert set(rates) == {"sampler -> npy shards", "sampler -> png-tar shards",
+                          "naive: PyTorch forward + PIL save per image"}
+    assert all(float(v.replace(",", "")) > 0 for v in rates.values())

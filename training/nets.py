@@ -47,7 +47,7 @@ class MLPGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)   # [N, 2 * latent_dim]
-        x = self.net(z).view(len(z), *self.out_shape)
+        x = self.net(z).view(z.shape[0], *self.out_shape)
         return torch.tanh(x) if self.squash else x
 
 
@@ -111,7 +111,7 @@ class DCGANGenerator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)              # [N, 2 * latent_dim]
-        h = self.stem(z).view(len(z), *self.start_shape)               # [N, ch, s, s]
+        h = self.stem(z).view(z.shape[0], *self.start_shape)           # [N, ch, s, s]
         return torch.tanh(self.to_image(self.ups(h)))                  # [N, C, H, W]
 
 
