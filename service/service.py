@@ -145,7 +145,7 @@ class GAN:
                        seed: Seed | None = None, labels: Union[Label, list[Label], None] = None,
                        truncation: Annotated[float, Ge(0), Le(1)] = 1.0,
                        format: Literal["png", "jpeg", "webp", "npy", "zip"] = "png",
-                       grid: StrictBool = False):
+                       grid: StrictBool = False) -> bytes:
         """Generate n images. Image (seed, i) is the same bytes however requests are batched."""
         try:
             if truncation <= 0:
@@ -180,7 +180,7 @@ class GAN:
                           model: StrictStr | None = None, label: Label | None = None,
                           steps: Annotated[StrictInt, Ge(2), Le(SETTINGS.max_steps)] = 16,
                           truncation: Annotated[float, Ge(0), Le(1)] = 1.0,
-                          format: Literal["gif", "png"] = "gif"):
+                          format: Literal["gif", "png"] = "gif") -> bytes:
         """Frames along the spherical path between latents (seeds[0], indices[0]) and (seeds[1], indices[1])."""
         try:
             if seeds is None or len(seeds) != 2:

@@ -98,5 +98,5 @@ def start_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(tiny_models, start_server) -> Server:
     """One real server with both tiny models, shared by the HTTP and sampler tests."""
-    return start_server({"GAN_MODELS": f"{tiny_models['dc']},{tiny_models['cdc']}", "GAN_MAX_LATENCY_MS": "200",
+    return start_server({"GAN_MODELS": f"{tiny_models['dc']},{tiny_models['cdc']}", "GAN_MAX_LATENCY_MS": "5000",
                          "GAN_MAX_N": "64", "GAN_MAX_BATCH_SIZE": "256"})

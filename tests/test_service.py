@@ -178,6 +178,16 @@ def test_http_interpolate_and_info(server):
     assert page.status_code == 200 and "<title>GAN image service</title>" in page.text
 
 
+def test_bentoml_python_client(server):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server.url) as client:
+        images = np.load(io.BytesIO(client.generate(n=5, seed=21, format="npy")))
+        png = client.generate(model="tiny-cdc", n=10, labels="Bag", grid=True)
+    direct = post(server, "/generate", {"n": 5, "seed": 21, "format": "npy"}).content
+    assert np.array_equal(images, np.load(io.BytesIO(direct))) and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 BAD_REQUESTS = [
     ({"n": 0}, "n", 400), ({"n": 65}, "n", 400), ({"n": "3"}, "n", 400), ({"n": 2.5}, "n", 400),
     ({"seed": -1}, "seed", 400), ({"seed": 2**63}, "seed", 400), ({"seed": "x"}, "seed", 400),
@@ -219,8 +229,10 @@ def test_http_determinism_under_concurrent_load(server):
     with cf.ThreadPoolExecutor(48) as pool:
         results = list(pool.map(lambda job: (job[0], post(server, "/generate",
                                                            {"n": 8, "seed": job[0], "format": "npy"})), jobs))
+    codes = [r.status_code for _, r in results]
+    assert codes == [200] * len(jobs), codes
     for seed, r in results:
-        assert r.status_code == 200 and r.content == serial[seed]
+        assert r.content == serial[seed]
     for (s, i), image in singles.items():
         assert np.array_equal(np.load(io.BytesIO(serial[s]))[i], image[0])
     after = httpx.get(server.url + "/info").json()["batching"]["observed"]
