@@ -274,11 +274,11 @@ def test_ddp_two_processes_gloo(tmp_path):
 @pytest.mark.slow
 def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
     """A few hundred CPU steps must move G's samples measurably towards the data (pixel Frechet distance)."""
-    cfg = make_config("fmnist-dcgan", {"g_channels": 32, "d_channels": 32, "steps": 300, "log_every": 100,
-                                        "sample_every": 0, "out_dir": str(tmp_path), "limit": 20000})
+    cfg = make_config("fmnist-dcgan", {"g_channels": 16, "d_channels": 16, "steps": 300, "log_every": 100,
+                                        "sample_every": 0, "out_dir": str(tmp_path), "limit": 10000})
     run = train(cfg)
     n = 2000
-    real = load_data(cfg.data).images[torch.randperm(20000, generator=torch.Generator().manual_seed(1))[:n]]
+    real = load_data(cfg.data).images[torch.randperm(10000, generator=torch.Generator().manual_seed(1))[:n]]
     z, labels = sample_latents(cfg, n, torch.Generator().manual_seed(2), "cpu")
     from training.nets import build_generator
     torch.manual_seed(cfg.run.seed)
