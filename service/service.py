@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from service.codecs import encode_batch, encode_gif, encode_strip
 from service.guard import RequestGuard
-from service.latents import MAX_SEED
+from service.latents import MAX_SEED, random_labels
 from service.runtime import RANDOM_LABEL, ModelRuntime, make_rows
 from service.settings import load_settings
 
@@ -123,9 +123,7 @@ class GAN:
         given = labels if isinstance(labels, list) else [labels]
         if len(given) not in (1, n):
             raise RequestError("labels", f"give one label or n = {n} labels, not {len(given)}")
-        ids = []
-        for label in given:
-            ids.append(_label_id(model, label))
+        ids = [_label_id(model, label) for label in given]
         return ids * n if len(ids) == 1 else ids
 
     async def _render(self, model_id: int, model: dict, seed: int, n: int, labels: list[int], psi: float):
@@ -163,14 +161,13 @@ class GAN:
         IMAGES_GENERATED.labels(model=info["name"]).inc(n)
         headers = {"X-Seed": str(seed), "X-Model": info["name"], "Cache-Control": "no-store"}
         if info["num_classes"]:
-            resolved = self._resolved_labels(model_id, seed, n, ids, info)
+            resolved = self._resolved_labels(seed, n, ids, info)
             headers["X-Labels"] = ",".join(str(x) for x in resolved)
         return Response(body, media_type=media, headers=headers)
 
-    def _resolved_labels(self, model_id, seed, n, ids, info) -> list[int]:
+    @staticmethod
+    def _resolved_labels(seed: int, n: int, ids: list[int], info: dict) -> list[int]:
         """The class each image got, random ones included (same derivation as the runtime)."""
-        from service.latents import random_labels
-
         derived = random_labels(seed, 0, n, info["latent_dim"], info["num_classes"])
         return [int(d) if i == RANDOM_LABEL else i for i, d in zip(ids, derived)]
 

@@ -47,6 +47,9 @@ class ModelConfig:
     d_maxout: int = _f(5, "MLP discriminator maxout pieces per unit as in the paper (0 = LeakyReLU)")
     d_dropout: float = _f(0.5, "MLP discriminator dropout rate (the paper used dropout in D)")
     pack: int = _f(1, "PacGAN packing: D judges this many samples at once (1 = plain GAN)")
+    d_fourier: int = _f(0, "MLP discriminator: map each input through this many random Fourier features first "
+                           "(sin/cos of random projections; lets D resolve narrow modes; 0 = raw input)")
+    d_fourier_scale: float = _f(1.0, "std of the random Fourier frequencies (cycles per input unit)")
     g_channels: int = _f(64, "DCGAN generator base width (channels of the last hidden layer)")
     d_channels: int = _f(64, "DCGAN discriminator base width (channels of the first layer)")
 
