@@ -14,10 +14,10 @@ system-deps:
 	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); fi
 
-# One virtual environment with every extra (train: torch==2.13.0 CPU build; serve; dev).
+# One virtual environment with every extra (train: torch==2.13.0 CPU build; serve; ray; dev).
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[train,serve,dev]'
+	$(BIN)/pip install -q -e '.[train,serve,ray,dev]'
 	touch $@
 
 # The main job: serve the shipped models (the first, fmnist-dcgan, is the default) on port 3000.

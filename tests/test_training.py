@@ -272,6 +272,7 @@ def test_ddp_two_processes_gloo(tmp_path):
 
 @needs_fmnist
 @pytest.mark.slow
+@pytest.mark.timeout(1800)   # ~1 min on an idle 2-core machine; much longer when the machine is shared
 def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
     """A few hundred CPU steps must move G's samples measurably towards the data (pixel Frechet distance)."""
     cfg = make_config("fmnist-dcgan", {"g_channels": 16, "d_channels": 16, "steps": 300, "log_every": 100,
