@@ -291,3 +291,17 @@ def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
     print(f"pixel FD: untrained {fd_untrained:.1f}, trained {fd_trained:.1f}")
     assert fd_trained < 0.5 * fd_untrained
     assert (run / "samples" / "step-00000300.png").exists()
+
+
+def test_linear_lr_decay_is_a_function_of_the_step(tmp_path):
+    from training.loop import build_state, set_learning_rates, Dist
+
+    cfg = _tiny("toy-ring", tmp_path, steps=100, lr_decay_start=0.6, lr_g=1e-3, lr_d=4e-3)
+    st = build_state(cfg, torch.device("cpu"), Dist())
+    seen = {}
+    for step in (0, 59, 60, 80, 100):
+        st.step = step
+        set_learning_rates(cfg, st)
+        seen[step] = (st.opt_G.param_groups[0]["lr"], st.opt_D.param_groups[0]["lr"])
+    assert seen[0] == seen[59] == seen[60] == (1e-3, 4e-3)
+    assert seen[80] == pytest.approx((5e-4, 2e-3)) and seen[100] == (0.0, 0.0)

@@ -69,6 +69,8 @@ class OptimConfig:
     lr_d: float = _f(2e-4, "Adam learning rate of D")
     beta1: float = _f(0.5, "Adam beta1")
     beta2: float = _f(0.999, "Adam beta2")
+    lr_decay_start: float = _f(1.0, "fraction of --steps after which both learning rates decay linearly to 0 "
+                                    "(1.0 = constant learning rates)")
 
 
 @dataclass
@@ -221,6 +223,7 @@ def validate(cfg: TrainConfig) -> None:
          "conditional models (--num-classes > 0) need --use-labels"),
         ("arch", not (cfg.is_toy and cfg.model.arch != "mlp"), "the 2-D toy mixtures need --arch mlp"),
         ("num_classes", not (cfg.is_toy and cfg.model.num_classes), "the 2-D toy mixtures have no labels"),
+        ("lr_decay_start", 0.0 <= cfg.optim.lr_decay_start <= 1.0, "must be in [0, 1]"),
         ("log_every", cfg.run.log_every >= 1, "must be >= 1"),
         ("ckpt_every", cfg.run.ckpt_every >= 1, "must be >= 1"),
     ]

@@ -211,6 +211,18 @@ def update_ema(G_ema: nn.Module, G: nn.Module, decay: float, step: int) -> None:
         b_ema.copy_(b)
 
 
+def set_learning_rates(cfg: TrainConfig, st: TrainState) -> None:
+    """Constant rates, then a linear decay to 0 over the last (1 - lr_decay_start) of the run.
+
+    A pure function of the step, so a resumed run uses exactly the rates of an uninterrupted one.
+    """
+    start = cfg.optim.lr_decay_start * cfg.run.steps
+    factor = 1.0 if st.step < start else max(0.0, (cfg.run.steps - st.step) / max(cfg.run.steps - start, 1.0))
+    for opt, base in ((st.opt_G, cfg.optim.lr_g), (st.opt_D, cfg.optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = base * factor
+
+
 def grad_norm(module: nn.Module) -> float:
     norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
@@ -359,6 +371,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
     with _StopFlag() as stop:
         while st.step < cfg.run.steps:
             # Algorithm 1: k discriminator steps, then one generator step.
+            set_learning_rates(cfg, st)
             for _ in range(cfg.loss.d_steps):
                 d_stats = discriminator_step(cfg, st, data, device, amp)
             g_stats = generator_step(cfg, st, device, amp)
