@@ -7,13 +7,13 @@ A checkpoint is a plain dict of tensors and JSON-able values (no pickled classes
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from service.modeldir import file_sha256  # noqa: F401  (re-exported: one sha256 helper for all)
 from training.config import TrainConfig
 from training.nets import build_generator
 
@@ -96,10 +96,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is not the supported {FORMAT_VERSION}")
     return Checkpoint(path, TrainConfig.from_dict(state["config"]), int(state["step"]), state)
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
