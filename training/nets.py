@@ -52,10 +52,11 @@ class MLPGenerator(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-    """x [N, d] -> [sin(2 pi x B), cos(2 pi x B)] [N, 2F] with fixed random B ~ N(0, scale^2) [d, F].
+    """x [N, d] -> [x, sin(2 pi x B), cos(2 pi x B)] [N, d + 2F] with fixed random B ~ N(0, scale^2) [d, F].
 
     Tancik et al. 2020: an MLP on raw low-dimensional coordinates learns high frequencies slowly; random
     Fourier features let D tell apart modes far narrower than their spacing (the 2-D mixtures: std 0.05).
+    The raw x is kept: the periodic features alone alias distant modes onto each other, and G collapses.
     """
 
     def __init__(self, d_in: int, features: int, scale: float):
@@ -64,7 +65,7 @@ class FourierFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         proj = 2 * math.pi * x @ self.B                                    # [N, F]
-        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)       # [N, 2F]
+        return torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=1)    # [N, d + 2F]
 
 
 class MLPDiscriminator(nn.Module):
@@ -74,7 +75,7 @@ class MLPDiscriminator(nn.Module):
         self.pack = pack
         d_in = math.prod(in_shape)
         self.fourier = FourierFeatures(d_in, fourier, fourier_scale) if fourier else None
-        layers, width = [], (2 * fourier if fourier else d_in) * pack
+        layers, width = [], (d_in + 2 * fourier) * pack
         for h in hidden:
             layers.append(Maxout(width, h, maxout) if maxout else nn.Sequential(nn.Linear(width, h), nn.LeakyReLU(0.2)))
             if dropout:
@@ -87,7 +88,7 @@ class MLPDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = x.reshape(len(x), -1)                                  # [N, d]
         if self.fourier is not None:
-            x = self.fourier(x)                                     # [N, 2F]
+            x = self.fourier(x)                                     # [N, d + 2F]
         h = self.features(x.reshape(len(x) // self.pack, -1))      # [N / pack, width]
         return _project(self.head(h).squeeze(1), h, self.embed, labels)
 
