@@ -46,6 +46,9 @@ class ModelConfig:
     d_hidden: list = _f([240, 240], "MLP discriminator hidden widths")
     d_maxout: int = _f(5, "MLP discriminator maxout pieces per unit as in the paper (0 = LeakyReLU)")
     d_dropout: float = _f(0.5, "MLP discriminator dropout rate (the paper used dropout in D)")
+    d_cond: str = _f("projection", "how a conditional D sees the label: projection (Miyato & Koyama 2018) or concat "
+                                   "(one-hot label maps/vector concatenated to D's input, the classic cGAN)",
+                     ("projection", "concat"))
     pack: int = _f(1, "PacGAN packing: D judges this many samples at once (1 = plain GAN)")
     d_fourier: int = _f(0, "MLP discriminator: map each input through this many random Fourier features first "
                            "(sin/cos of random projections; lets D resolve narrow modes; 0 = raw input)")
@@ -159,7 +162,8 @@ PRESETS: dict[str, dict] = {
     },
     "fmnist-cdcgan": {
         "data": {"use_labels": True},
-        "model": {"arch": "dcgan", "latent_dim": 64, "num_classes": 10, "g_channels": 64, "d_channels": 64},
+        "model": {"arch": "dcgan", "latent_dim": 64, "num_classes": 10, "g_channels": 64, "d_channels": 64,
+                  "d_cond": "concat"},
         "loss": {"loss": "nonsaturating"},
         "optim": {"batch_size": 64, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
         "run": {"steps": 2000, "ema": True, "ema_decay": 0.999},

@@ -1,8 +1,11 @@
 """Generator and discriminator architectures: the seed paper's MLPs and a DCGAN-style conv pair.
 
 Conditioning (when ``num_classes > 0``): the generator concatenates a learned class embedding
-to z; the discriminator uses projection (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>.
-Projection keeps D a single-output classifier of real vs fake, which every loss here assumes.
+to z; the discriminator either uses projection (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>,
+or (``d_cond="concat"``, the fmnist-cdcgan default) sees one-hot label maps as extra input channels.
+Both keep D a single-output classifier of real vs fake, which every loss here assumes. With projection
+on the 6272-d conv features, our CPU-budget Fashion-MNIST runs collapsed within each class (recall 0);
+the concat variant is the classic cGAN discriminator.
 
 Generators map z [N, latent_dim] (and labels [N]) to images [N, C, H, W] in [-1, 1] (tanh),
 or to points [N, 2] for the 2-D toy mixtures (no output squashing).
@@ -70,10 +73,12 @@ class FourierFeatures(nn.Module):
 
 class MLPDiscriminator(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], hidden: list[int], maxout: int, dropout: float,
-                 num_classes: int = 0, pack: int = 1, fourier: int = 0, fourier_scale: float = 1.0):
+                 num_classes: int = 0, pack: int = 1, fourier: int = 0, fourier_scale: float = 1.0,
+                 cond: str = "projection"):
         super().__init__()
-        self.pack = pack
-        d_in = math.prod(in_shape)
+        self.pack, self.num_classes = pack, num_classes
+        self.concat = cond == "concat" and num_classes > 0
+        d_in = math.prod(in_shape) + (num_classes if self.concat else 0)
         self.fourier = FourierFeatures(d_in, fourier, fourier_scale) if fourier else None
         layers, width = [], (d_in + 2 * fourier) * pack
         for h in hidden:
@@ -83,10 +88,12 @@ class MLPDiscriminator(nn.Module):
             width = h
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1)
-        self.embed = nn.Embedding(num_classes, width) if num_classes else None
+        self.embed = nn.Embedding(num_classes, width) if num_classes and not self.concat else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = x.reshape(len(x), -1)                                  # [N, d]
+        if self.concat:
+            x = torch.cat([x, nn.functional.one_hot(labels, self.num_classes).to(x.dtype)], dim=1)
         if self.fourier is not None:
             x = self.fourier(x)                                     # [N, d + 2F]
         h = self.features(x.reshape(len(x) // self.pack, -1))      # [N / pack, width]
@@ -140,11 +147,13 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """n x (conv 4x4 stride 2, LeakyReLU) -> flatten -> linear logit; no normalisation (keeps R1 well defined)."""
 
-    def __init__(self, channels: int, resolution: int, base: int, num_classes: int = 0, pack: int = 1):
+    def __init__(self, channels: int, resolution: int, base: int, num_classes: int = 0, pack: int = 1,
+                 cond: str = "projection"):
         super().__init__()
-        self.pack = pack
+        self.pack, self.num_classes = pack, num_classes
+        self.concat = cond == "concat" and num_classes > 0
         start, n = _conv_plan(resolution)
-        layers, width = [], channels * pack
+        layers, width = [], (channels + (num_classes if self.concat else 0)) * pack
         for i in range(n):
             out = base * 2 ** i
             layers += [nn.Conv2d(width, out, 4, 2, 1), nn.LeakyReLU(0.2)]
@@ -152,9 +161,12 @@ class DCGANDiscriminator(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         feat = width * start * start
         self.head = nn.Linear(feat, 1)
-        self.embed = nn.Embedding(num_classes, feat) if num_classes else None
+        self.embed = nn.Embedding(num_classes, feat) if num_classes and not self.concat else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.concat:   # one-hot label maps as extra input channels: [N, C + K, H, W]
+            maps = nn.functional.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
+            x = torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], dim=1)
         n, c, hgt, wid = x.shape
         h = self.features(x.reshape(n // self.pack, c * self.pack, hgt, wid))   # [N / pack, feat]
         return _project(self.head(h).squeeze(1), h, self.embed, labels)
@@ -171,5 +183,5 @@ def build_discriminator(cfg: TrainConfig) -> nn.Module:
     m, shape = cfg.model, cfg.data_shape()
     if m.arch == "mlp":
         return MLPDiscriminator(shape, list(m.d_hidden), m.d_maxout, m.d_dropout, m.num_classes, m.pack,
-                                m.d_fourier, m.d_fourier_scale)
-    return DCGANDiscriminator(cfg.data.channels, cfg.data.resolution, m.d_channels, m.num_classes, m.pack)
+                                m.d_fourier, m.d_fourier_scale, m.d_cond)
+    return DCGANDiscriminator(cfg.data.channels, cfg.data.resolution, m.d_channels, m.num_classes, m.pack, m.d_cond)
