@@ -227,7 +227,10 @@ def cmd_evaluate(args) -> int:
             raise CLIError("--epochs: must be >= 1")
         from training.classifier import train_classifier
 
-        print(train_classifier(out_dir=args.classifier, data_dir=args.data, epochs=args.epochs, seed=args.seed))
+        try:
+            print(train_classifier(out_dir=args.classifier, data_dir=args.data, epochs=args.epochs, seed=args.seed))
+        except (ValueError, OSError) as exc:   # ClassifierError, DataError, unwritable --classifier
+            raise CLIError(str(exc)) from exc
         return 0
     if not args.source:
         raise CLIError("give a SOURCE to evaluate (or --train-classifier)")
