@@ -6,10 +6,8 @@ Every problem becomes an ``EvaluationError`` naming the file or argument and wha
 """
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import math
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -40,24 +38,13 @@ class Samples:
 # ---------------------------------------------------------------- real data (IDX, no torch)
 
 def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX file (optionally gzipped) as a uint8 array of the shape its header declares."""
-    if not path.is_file():
-        raise EvaluationError(f"{path}: file not found (expected a Fashion-MNIST IDX file; "
-                              "apt-get install dataset-fashion-mnist, or give --data DIR)")
-    opener = gzip.open if path.suffix == ".gz" else open
+    """An unsigned-byte IDX file (optionally gzipped) via the training reader, its errors as EvaluationError."""
+    from training.data import DataError, read_idx as read_idx_file   # torch-free module
+
     try:
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as exc:
-        raise EvaluationError(f"{path}: cannot read ({exc}); expected a gzipped or raw IDX file") from exc
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] == 0:
-        raise EvaluationError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    header = 4 + 4 * ndim
-    if len(raw) != header + math.prod(shape):
-        raise EvaluationError(f"{path}: IDX header declares shape {shape} but the file has {len(raw)} bytes")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+        return read_idx_file(path)
+    except DataError as exc:
+        raise EvaluationError(f"{exc} (apt-get install dataset-fashion-mnist, or give --data DIR)") from exc
 
 
 def _idx(directory: Path, stem: str) -> Path:

@@ -1,7 +1,8 @@
 """Real-sample sources: Fashion-MNIST IDX files, image folders, .npz arrays and the 2-D toy mixtures.
 
 Nothing here downloads anything. Every reader turns a missing or malformed file into a
-``DataError`` whose message names the file and what was expected.
+``DataError`` whose message names the file and what was expected. The readers are torch-free (torch is
+imported only where tensors are made), so the torch-free evaluation code reuses them.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.config import FMNIST_CLASSES, DataConfig
 
@@ -165,6 +165,8 @@ class RealData:
 
     def sample(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch of real samples (with replacement) and their labels; depends only on ``gen``'s state."""
+        import torch
+
         if self.modes is not None:
             which = torch.randint(len(self.modes), (batch,), generator=gen)
             noise = torch.randn(batch, 2, generator=gen)
@@ -175,12 +177,16 @@ class RealData:
 
 def _to_tensor(images_nhwc: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [-1, 1]."""
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
 
 
 def load_data(cfg: DataConfig) -> RealData:
     """Load the configured source into a RealData."""
+    import torch
+
     if cfg.source in ("ring", "grid"):
         modes, std = toy_modes(cfg.source)
         return RealData(None, None, modes=torch.from_numpy(modes).float(), mode_std=std)
