@@ -11,7 +11,6 @@ from gan.imaging import tile_grid
 
 IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MEDIA_TYPES = {**IMAGE_FORMATS, "npy": "application/x-npy", "zip": "application/zip", "gif": "image/gif"}
-FORMATS = ("png", "jpeg", "webp", "npy", "zip")
 
 
 def _pil(image_hwc: np.ndarray) -> Image.Image:

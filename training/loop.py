@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +99,6 @@ class TrainState:
     data_gen: torch.Generator          # drives real-batch sampling, latents and fake labels
     step: int = 0
     best_fd: float = math.inf
-    extra: dict = field(default_factory=dict)
 
     def to_checkpoint(self, cfg: TrainConfig, class_names: list[str]) -> dict:
         return {
