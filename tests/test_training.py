@@ -144,6 +144,31 @@ def test_presets_resolve_and_validate():
         make_config("fmnist-dcgan", {"num_classes": 10})
     with pytest.raises(ValueError, match="unknown preset"):
         make_config("nope")
+    with pytest.raises(ValueError, match="--g-cond: cbn .* needs --arch dcgan"):
+        make_config("paper-mlp", {"g_cond": "cbn"})
+
+
+@pytest.mark.parametrize("g_cond", ["cbn", "concat"])
+def test_conditional_generator_uses_label_and_z(g_cond):
+    """Both conditioning modes: the label and z each change the image; cbn starts as plain BatchNorm."""
+    from training.nets import build_generator
+    cfg = make_config("fmnist-cdcgan", {"g_cond": g_cond, "g_channels": 8})
+    G = build_generator(cfg).eval()
+    assert (G.embed is None) == (g_cond == "cbn")
+    z = torch.randn(4, cfg.model.latent_dim)
+    with torch.no_grad():
+        base = G(z, torch.zeros(4, dtype=torch.long))                                # [4, 1, 28, 28]
+        other_label = G(z, torch.full((4,), 3))
+        other_z = G(torch.randn(4, cfg.model.latent_dim), torch.zeros(4, dtype=torch.long))
+    assert base.shape == (4, 1, 28, 28)
+    assert (base - other_z).abs().mean() > 1e-3
+    if g_cond == "concat":
+        assert (base - other_label).abs().mean() > 1e-3
+    else:   # untrained cbn: gains 1, biases 0 for every class, so the label has no effect yet ...
+        assert torch.equal(base, other_label)
+        with torch.no_grad():   # ... until one class's bias moves
+            G.norms[1].bias.weight[3] += 0.5
+            assert (G(z, torch.full((4,), 3)) - base).abs().mean() > 1e-3
 
 
 def test_cli_dry_run_and_bad_flag():

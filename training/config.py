@@ -46,6 +46,9 @@ class ModelConfig:
     d_hidden: list = _f([240, 240], "MLP discriminator hidden widths")
     d_maxout: int = _f(5, "MLP discriminator maxout pieces per unit as in the paper (0 = LeakyReLU)")
     d_dropout: float = _f(0.5, "MLP discriminator dropout rate (the paper used dropout in D)")
+    g_cond: str = _f("concat", "how a conditional DCGAN generator sees the label: concat (a learned embedding "
+                               "concatenated to z) or cbn (class-conditional BatchNorm gains and biases; z alone "
+                               "enters the first layer)", ("concat", "cbn"))
     d_cond: str = _f("projection", "how a conditional D sees the label: projection (Miyato & Koyama 2018) or concat "
                                    "(one-hot label maps/vector concatenated to D's input, the classic cGAN)",
                      ("projection", "concat"))
@@ -163,7 +166,7 @@ PRESETS: dict[str, dict] = {
     "fmnist-cdcgan": {
         "data": {"use_labels": True},
         "model": {"arch": "dcgan", "latent_dim": 64, "num_classes": 10, "g_channels": 64, "d_channels": 64,
-                  "d_cond": "concat"},
+                  "d_cond": "concat", "g_cond": "cbn"},
         "loss": {"loss": "nonsaturating"},
         "optim": {"batch_size": 64, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
         "run": {"steps": 2000, "ema": True, "ema_decay": 0.999},
@@ -225,6 +228,8 @@ def validate(cfg: TrainConfig) -> None:
         ("pack", cfg.model.pack == 1 or cfg.model.num_classes == 0, "packing is for unconditional models only"),
         ("use_labels", cfg.model.num_classes == 0 or cfg.data.use_labels,
          "conditional models (--num-classes > 0) need --use-labels"),
+        ("g_cond", cfg.model.g_cond == "concat" or cfg.model.arch == "dcgan",
+         "cbn (class-conditional BatchNorm) needs --arch dcgan; the MLP generator has no BatchNorm"),
         ("arch", not (cfg.is_toy and cfg.model.arch != "mlp"), "the 2-D toy mixtures need --arch mlp"),
         ("num_classes", not (cfg.is_toy and cfg.model.num_classes), "the 2-D toy mixtures have no labels"),
         ("lr_decay_start", 0.0 <= cfg.optim.lr_decay_start <= 1.0, "must be in [0, 1]"),

@@ -1,11 +1,13 @@
 """Generator and discriminator architectures: the seed paper's MLPs and a DCGAN-style conv pair.
 
-Conditioning (when ``num_classes > 0``): the generator concatenates a learned class embedding
-to z; the discriminator either uses projection (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>,
-or (``d_cond="concat"``, the fmnist-cdcgan default) sees one-hot label maps as extra input channels.
-Both keep D a single-output classifier of real vs fake, which every loss here assumes. With projection
-on the 6272-d conv features, our CPU-budget Fashion-MNIST runs collapsed within each class (recall 0);
-the concat variant is the classic cGAN discriminator.
+Conditioning (when ``num_classes > 0``): the DCGAN generator either makes every BatchNorm class-conditional
+(``g_cond="cbn"``, a per-class gain and bias, de Vries et al. 2017; z alone enters the first layer; the
+fmnist-cdcgan default) or concatenates a learned class embedding to z (``g_cond="concat"``; the MLP generator
+always does this). With concat, our Fashion-MNIST runs learned to ignore z and collapsed to one image per class
+(recall 0) whatever the discriminator; with cbn the same recipe keeps its within-class diversity.
+The discriminator either uses projection (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>, or
+(``d_cond="concat"``, the fmnist-cdcgan default) sees one-hot label maps as extra input channels.
+Both keep D a single-output classifier of real vs fake, which every loss here assumes.
 
 Generators map z [N, latent_dim] (and labels [N]) to images [N, C, H, W] in [-1, 1] (tanh),
 or to points [N, 2] for the 2-D toy mixtures (no output squashing).
@@ -117,31 +119,65 @@ def _conv_plan(resolution: int) -> tuple[int, int]:
     return start, n
 
 
-class DCGANGenerator(nn.Module):
-    """z -> linear -> [ch*2^(n-1), s, s] -> n x (ConvTranspose 2x, BN, ReLU) -> conv to C channels -> tanh."""
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm without its own affine; a per-class gain and bias instead (de Vries et al. 2017, as in SNGAN/BigGAN).
 
-    def __init__(self, latent_dim: int, channels: int, resolution: int, base: int, num_classes: int = 0):
+    With ``num_classes == 0`` it is a plain affine BatchNorm. ``spatial`` picks [N, C, H, W] inputs over [N, C].
+    """
+
+    def __init__(self, features: int, num_classes: int, spatial: bool):
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(features, affine=num_classes == 0)
+        if num_classes:
+            self.gain = nn.Embedding(num_classes, features)
+            self.bias = nn.Embedding(num_classes, features)
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.bn(x)
+        if not self.num_classes:
+            return h
+        shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+        return h * self.gain(labels).view(shape) + self.bias(labels).view(shape)
+
+
+class DCGANGenerator(nn.Module):
+    """z -> linear -> [ch*2^(n-1), s, s] -> n x (ConvTranspose 2x, BN, ReLU) -> conv to C channels -> tanh.
+
+    Conditioning (``cond``): "concat" feeds [z, embed(y)] to the linear stem; "cbn" feeds z alone and makes every
+    BatchNorm class-conditional, so the label cannot crowd z out of the stem's input.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, resolution: int, base: int, num_classes: int = 0,
+                 cond: str = "concat"):
         super().__init__()
         self.num_classes = num_classes
         start, n = _conv_plan(resolution)
-        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
+        concat = num_classes > 0 and cond == "concat"
+        self.embed = nn.Embedding(num_classes, latent_dim) if concat else None
+        bn_classes = num_classes if cond == "cbn" else 0
         width = base * 2 ** (n - 1)
         self.start_shape = (width, start, start)
-        self.stem = nn.Sequential(nn.Linear(latent_dim * (2 if num_classes else 1), width * start * start, bias=False),
-                                  nn.BatchNorm1d(width * start * start), nn.ReLU())
-        ups = []
+        self.stem = nn.Linear(latent_dim * (2 if concat else 1), width * start * start, bias=False)
+        self.norms = nn.ModuleList([ConditionalBatchNorm(width * start * start, bn_classes, spatial=False)])
+        self.ups = nn.ModuleList()
         for i in range(n):
             out = max(base * 2 ** (n - 2 - i), base // 2) if i < n - 1 else base
-            ups += [nn.ConvTranspose2d(width, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            self.ups.append(nn.ConvTranspose2d(width, out, 4, 2, 1, bias=False))
+            self.norms.append(ConditionalBatchNorm(out, bn_classes, spatial=True))
             width = out
-        self.ups = nn.Sequential(*ups)
         self.to_image = nn.Conv2d(width, channels, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
-            z = torch.cat([z, self.embed(labels)], dim=1)              # [N, 2 * latent_dim]
-        h = self.stem(z).view(z.shape[0], *self.start_shape)           # [N, ch, s, s]
-        return torch.tanh(self.to_image(self.ups(h)))                  # [N, C, H, W]
+            z = torch.cat([z, self.embed(labels)], dim=1)                  # [N, 2 * latent_dim]
+        h = torch.relu(self.norms[0](self.stem(z), labels))                # [N, ch * s * s]
+        h = h.view(z.shape[0], *self.start_shape)                          # [N, ch, s, s]
+        for up, norm in zip(self.ups, self.norms[1:]):
+            h = torch.relu(norm(up(h), labels))                            # [N, ch', 2s, 2s]
+        return torch.tanh(self.to_image(h))                                # [N, C, H, W]
 
 
 class DCGANDiscriminator(nn.Module):
@@ -176,7 +212,8 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
     m, shape = cfg.model, cfg.data_shape()
     if m.arch == "mlp":
         return MLPGenerator(m.latent_dim, list(m.g_hidden), shape, m.num_classes)
-    return DCGANGenerator(m.latent_dim, cfg.data.channels, cfg.data.resolution, m.g_channels, m.num_classes)
+    return DCGANGenerator(m.latent_dim, cfg.data.channels, cfg.data.resolution, m.g_channels, m.num_classes,
+                          m.g_cond)
 
 
 def build_discriminator(cfg: TrainConfig) -> nn.Module:
