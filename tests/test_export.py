@@ -134,6 +134,7 @@ def test_manifest_fields(exported, runs):
         assert m["source"]["checkpoint"] == str(ckpt.resolve()) and m["source"]["sha256"] == file_sha256(ckpt)
         assert m["source"]["generator"] == ("G" if arch == "mlp" else "G_ema")    # paper-mlp trains without EMA
         assert m["step"] == 2 and m["training"]["steps"] == 2
+        assert 0 < m["training"]["wall_time_s"] < 600 and m["training"]["device"].startswith("cpu: ")
         assert m["preset"] == ARCHS[arch][0] == m["training"]["config"]["preset"]
         assert m["data"]["source"] == "fmnist" and m["data"]["split"] == "train"
         assert m["latent_dim"] == (100 if arch == "mlp" else 64)
@@ -149,6 +150,23 @@ def test_manifest_fields(exported, runs):
             assert m["num_classes"] == 0 and m["class_names"] == []
             assert [i["name"] for i in m["inputs"]] == ["z"]
         assert m["outputs"][0]["shape"] == ["batch", 28, 28, 1]
+
+
+def test_training_time_of_old_checkpoints_from_stats(runs, tmp_path):
+    """Checkpoints from before train_seconds existed: the wall time is summed over resumed sessions' stats.jsonl."""
+    import torch
+    from training.checkpoint import load_checkpoint
+    from training.export import training_time
+    ck = load_checkpoint(runs["dcgan"])
+    assert training_time(ck)["wall_time_s"] == round(ck.state["train_seconds"], 3)
+    old = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
+    old.parent.mkdir(parents=True)
+    torch.save({k: v for k, v in ck.state.items() if k not in ("train_seconds", "device")}, old)
+    rows = [{"step": 1, "elapsed_s": 5.0}, {"step": 2, "elapsed_s": 9.0},    # first session
+            {"step": 1, "elapsed_s": 2.5}, {"step": 2, "elapsed_s": 4.0},    # resumed from step 0 (clock restarts)
+            {"step": 2, "pixel_fd": 3.0}, {"step": 3, "elapsed_s": 99.0}]    # not timing rows / past the checkpoint
+    (tmp_path / "run" / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert training_time(load_checkpoint(old)) == {"wall_time_s": 13.0, "device": None}
 
 
 def test_samples_png(exported):

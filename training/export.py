@@ -380,6 +380,27 @@ def _check_exportable(ck: Checkpoint) -> tuple[int, int, int]:
     return h, w, c
 
 
+def training_time(ck: Checkpoint) -> dict:
+    """Wall time and device of the training run behind a checkpoint, for the manifest.
+
+    Checkpoints written since these fields existed carry them; for older ones the wall time is summed from the run's
+    stats.jsonl (each resumed session restarts its ``elapsed_s`` clock) and the device is unknown (None).
+    """
+    if "train_seconds" in ck.state:
+        return {"wall_time_s": round(float(ck.state["train_seconds"]), 3), "device": ck.state.get("device") or None}
+    stats = Path(ck.path).resolve().parent.parent / "stats.jsonl"
+    total, last = 0.0, 0.0
+    if stats.is_file():
+        for line in stats.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if "elapsed_s" not in row or row.get("step", 0) > ck.step:
+                continue
+            if row["elapsed_s"] < last:         # a resumed session: its clock started again from 0
+                total += last
+            last = row["elapsed_s"]
+    return {"wall_time_s": round(total + last, 3) if last else None, "device": None}
+
+
 def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | Path = "models", opset: int = 17,
                  fp16: bool = True, ema: bool = True, to_bentoml: bool = False, command: str = "",
                  log=None) -> Path:
@@ -464,7 +485,7 @@ def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | 
             "samples": {"file": SAMPLES_FILE, "model": ONNX_FILE, **samples},
             "metrics": {},
             "command": command,
-            "training": {"steps": ck.step, "config": cfg.to_dict()},
+            "training": {"steps": ck.step, **training_time(ck), "config": cfg.to_dict()},
         }
         manifest["files"] = {p.name: file_entry(p) for p in sorted(tmp.iterdir())
                              if p.is_file() and p.name != MANIFEST}
