@@ -184,6 +184,20 @@ def test_cli_dry_run_and_bad_flag():
         assert flag in help_text
 
 
+def test_train_command_reproduces_the_config(capsys):
+    """The command the export writes into a manifest resolves, through the real CLI, to the same config."""
+    import shlex
+    from gan.cli import main
+    from training.config import train_command
+    cfg = make_config("fmnist-cdcgan", {"g_channels": 32, "d_hidden": [64, 32], "ema": False, "lr_d": 1e-3,
+                                        "name": "a b", "lr_decay_start": 0.5})
+    cmd = train_command(cfg)
+    assert cmd.startswith("gan train --preset fmnist-cdcgan ") and "--no-ema" in cmd and "'a b'" in cmd
+    assert "--loss" not in cmd                                    # equal to the preset: left out
+    assert main(shlex.split(cmd)[1:] + ["--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out) == cfg.to_dict()
+
+
 def test_run_dirs_are_numbered_never_reused(tmp_path):
     a, b = new_run_dir(tmp_path, "x"), new_run_dir(tmp_path, "y")
     assert (a.name, b.name) == ("00000-x", "00001-y")

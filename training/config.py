@@ -206,6 +206,25 @@ def apply_overrides(cfg: TrainConfig, overrides: dict) -> None:
         setattr(getattr(cfg, index[name][0]), name, value)
 
 
+def train_command(cfg: TrainConfig) -> str:
+    """The ``gan train`` command line that resolves to ``cfg``: the preset plus every field that differs from it."""
+    import shlex
+    base = make_config(cfg.preset) if cfg.preset in PRESETS else TrainConfig()
+    parts = ["gan", "train", "--preset", cfg.preset] if cfg.preset in PRESETS else ["gan", "train"]
+    for name, (section, _) in field_index().items():
+        value, default = getattr(getattr(cfg, section), name), getattr(getattr(base, section), name)
+        if value == default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject inconsistent settings with a message naming the field."""
     index = field_index()

@@ -32,6 +32,7 @@ from gan.imaging import tile_grid, to_uint8
 from service.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, ONNX_FILE, ModelDirError, file_entry,
                               load_model_dir, validate_manifest)
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from training.config import train_command
 
 SAMPLES_FILE = "samples.png"
 PARITY_BATCHES = (1, 7, 512)
@@ -485,7 +486,8 @@ def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | 
             "samples": {"file": SAMPLES_FILE, "model": ONNX_FILE, **samples},
             "metrics": {},
             "command": command,
-            "training": {"steps": ck.step, **training_time(ck), "config": cfg.to_dict()},
+            "training": {"steps": ck.step, "command": train_command(cfg), **training_time(ck),
+                         "config": cfg.to_dict()},
         }
         manifest["files"] = {p.name: file_entry(p) for p in sorted(tmp.iterdir())
                              if p.is_file() and p.name != MANIFEST}
