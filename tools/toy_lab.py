@@ -1,0 +1,140 @@
+"""Exploration harness for the toy benchmark: the training step of `gan train` on the 2-D mixtures, cut down to a
+tight loop, plus switches for recipe ideas that the product does not ship (latent distributions, instance noise,
+top-k G loss, Fourier features beside the raw input). It produced the "More recipes tried" table of
+docs/toy-benchmark.md; it is a research tool, not part of the service or the bench.
+
+    python tools/toy_lab.py ds=grid steps=8000 every=2000 loss=hinge        # key=value overrides of DEFAULTS
+
+Prints, every `every` steps, the EMA generator's modes captured / % high quality / reverse KL on the bench's
+2500 fixed latents (training.toybench.evaluate), and the seconds so far.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere without installing
+from training.data import toy_modes  # noqa: E402
+from training.toybench import evaluate  # noqa: E402
+
+DEFAULTS = dict(
+    ds="grid", steps=6000, every=1000, seed=0,
+    bs=256, lr_g=5e-4, lr_d=2e-3, b1=0.5, b2=0.9, decay=0.0,     # Adam; decay: linear LR decay from this fraction
+    pack=4, dsteps=2, dh="128,128,128,128,128", gh="128,128,128,128", gbn=0, ema=0.99,   # the bench's `best`
+    loss="ns", r1=0.0,                 # ns (non-saturating) or hinge; R1 weight
+    zdim=2, zd="normal", K=0,          # latent: dims, normal|uniform, plus a one-hot of K mixture components
+    scale=1.0,                         # D sees x / scale
+    ff=0, ffs=1.0,                     # random Fourier features (count, cycles per unit) beside the raw input of D
+    inoise=0.0, ifrac=0.5,             # instance noise std on D's inputs, annealed to 0 at this fraction of steps
+    tk=1.0,                            # top-k G loss: keep this fraction of the batch at the end (annealed from 1)
+    png="",                            # write a scatter plot of the last evaluation here
+)
+
+
+def mlp(d_in: int, hidden: list[int], d_out: int, act, batchnorm: bool = False) -> nn.Sequential:
+    layers = []
+    for h in hidden:
+        layers += [nn.Linear(d_in, h)] + ([nn.BatchNorm1d(h)] if batchnorm else []) + [act()]
+        d_in = h
+    return nn.Sequential(*layers, nn.Linear(d_in, d_out))
+
+
+def main(a: dict) -> None:
+    torch.manual_seed(a["seed"])
+    torch.set_num_threads(1)
+    modes, std = toy_modes(a["ds"])
+    centres = torch.tensor(modes, dtype=torch.float32)                            # [M, 2]
+    d_in = 2 + 2 * a["ff"]
+    G = mlp(a["zdim"] + a["K"], [int(x) for x in a["gh"].split(",")], 2, nn.ReLU, bool(a["gbn"]))
+    D = mlp(d_in * a["pack"], [int(x) for x in a["dh"].split(",")], 1, lambda: nn.LeakyReLU(0.2))
+    G_ema = copy.deepcopy(G).eval()
+    opt_G = torch.optim.Adam(G.parameters(), a["lr_g"], betas=(a["b1"], a["b2"]))
+    opt_D = torch.optim.Adam(D.parameters(), a["lr_d"], betas=(a["b1"], a["b2"]))
+    fourier = torch.randn(2, a["ff"]) * a["ffs"] * 2 * math.pi                 # [2, F]
+    noise_std = [0.0]
+
+    def real(n):                                                                  # [n, 2]
+        return centres[torch.randint(len(centres), (n,))] + std * torch.randn(n, 2)
+
+    def latents(n, gen=None):                                                     # [n, zdim + K]
+        z = torch.randn(n, a["zdim"], generator=gen) if a["zd"] == "normal" \
+            else torch.rand(n, a["zdim"], generator=gen) * 2 - 1
+        if a["K"]:
+            z = torch.cat([z, F.one_hot(torch.randint(a["K"], (n,), generator=gen), a["K"]).float()], 1)
+        return z
+
+    def d_logits(x):                                                              # [n, 2] -> [n / pack]
+        if noise_std[0] > 0:
+            x = x + noise_std[0] * torch.randn_like(x)
+        x = x / a["scale"]
+        if a["ff"]:
+            proj = x @ fourier
+            x = torch.cat([x, torch.sin(proj), torch.cos(proj)], 1)
+        return D(x.reshape(-1, d_in * a["pack"])).squeeze(1)
+
+    z_fixed = latents(2500, torch.Generator().manual_seed(12345))
+    t0, bs = time.time(), a["bs"]
+    for step in range(1, a["steps"] + 1):
+        # Learning rates and the instance-noise level for this step.
+        if a["decay"]:
+            f = 1.0 if step < a["decay"] * a["steps"] else (a["steps"] - step) / max(a["steps"] * (1 - a["decay"]), 1)
+            for opt, base in ((opt_G, a["lr_g"]), (opt_D, a["lr_d"])):
+                for group in opt.param_groups:
+                    group["lr"] = base * f
+        noise_std[0] = a["inoise"] * max(0.0, 1 - step / (a["ifrac"] * a["steps"]))
+        # k discriminator steps.
+        for _ in range(a["dsteps"]):
+            x_real, x_fake = real(bs), G(latents(bs)).detach()
+            x_real.requires_grad_(a["r1"] > 0)
+            lr_, lf = d_logits(x_real), d_logits(x_fake)
+            if a["loss"] == "hinge":
+                loss_d = F.relu(1 - lr_).mean() + F.relu(1 + lf).mean()
+            else:
+                loss_d = F.softplus(-lr_).mean() + F.softplus(lf).mean()
+            if a["r1"]:
+                grad, = torch.autograd.grad(lr_.sum(), x_real, create_graph=True)
+                loss_d = loss_d + a["r1"] / 2 * grad.pow(2).sum(1).mean()
+            opt_D.zero_grad()
+            loss_d.backward()
+            opt_D.step()
+        # One generator step (optionally on the top-k packs by D score).
+        lf = d_logits(G(latents(bs)))
+        if a["tk"] < 1:
+            frac = 1 - (1 - a["tk"]) * min(1.0, step / (0.5 * a["steps"]))
+            lf = lf.topk(max(1, int(frac * len(lf)))).values
+        loss_g = -lf.mean() if a["loss"] == "hinge" else F.softplus(-lf).mean()
+        opt_G.zero_grad()
+        loss_g.backward()
+        opt_G.step()
+        # EMA of G, with the same warm-up as training.loop.update_ema.
+        with torch.no_grad():
+            d = min(a["ema"], (1 + step) / (10 + step))
+            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+                p_ema.lerp_(p, 1 - d)
+            for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+                b_ema.copy_(b)
+        if step % a["every"] == 0:
+            with torch.no_grad():
+                x = G_ema(z_fixed).numpy()                                        # [2500, 2]
+            r = evaluate(x, modes, std)
+            if a["png"]:
+                from gan.imaging import scatter_png
+                scatter_png(x, modes, a["png"], title=str(step))
+            print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    args = dict(DEFAULTS)
+    for kv in sys.argv[1:]:
+        key, _, value = kv.partition("=")
+        if key not in args:
+            sys.exit(f"toy_lab: unknown setting {key!r}; known: {', '.join(args)}")
+        args[key] = value if isinstance(args[key], str) else type(args[key])(value)
+    main(args)
