@@ -37,40 +37,29 @@ class Samples:
 
 # ---------------------------------------------------------------- real data (IDX, no torch)
 
-def read_idx(path: Path) -> np.ndarray:
-    """An unsigned-byte IDX file (optionally gzipped) via the training reader, its errors as EvaluationError."""
-    from training.data import DataError, read_idx as read_idx_file   # torch-free module
+def load_fmnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images uint8 [N, 28, 28, 1] and labels int64 [N] of the train or test split, read by the
+    training reader (torch-free), its errors as EvaluationError."""
+    from training.data import DataError, load_fmnist as load_split
 
     try:
-        return read_idx_file(path)
+        images, labels = load_split(directory, split)
     except DataError as exc:
         raise EvaluationError(f"{exc} (apt-get install dataset-fashion-mnist, or give --data DIR)") from exc
-
-
-def _idx(directory: Path, stem: str) -> Path:
-    gz = directory / f"{stem}.gz"
-    return gz if gz.exists() else directory / stem
-
-
-def load_fmnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST images uint8 [N, 28, 28, 1] and labels int64 [N] of the train or test split."""
-    directory = Path(directory)
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(_idx(directory, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_idx(directory, f"{prefix}-labels-idx1-ubyte"))
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
-        raise EvaluationError(f"{directory}: {split} images {images.shape} and labels {labels.shape} are not "
-                              "Fashion-MNIST's [N, 28, 28] and [N]")
-    return images[..., None], labels.astype(np.int64)
+    if images.shape[1:] != (28, 28):
+        raise EvaluationError(f"{directory}: {split} images {images.shape} are not Fashion-MNIST's [N, 28, 28]")
+    return images[..., None], labels
 
 
 def data_fingerprint(directory: str | Path) -> str:
     """Names, sizes and mtimes of the IDX files: a cache key that changes when the data does."""
+    from training.data import idx_file
+
     directory = Path(directory)
     parts = []
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
-        p = _idx(directory, stem)
+        p = idx_file(directory, stem)
         st = p.stat() if p.exists() else None
         parts.append(f"{p.name}:{st.st_size if st else 0}:{int(st.st_mtime) if st else 0}")
     return "|".join(parts)

@@ -22,13 +22,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere without installing
 from training.data import toy_modes  # noqa: E402
+from training.loop import update_ema  # noqa: E402
+from training.losses import LOSSES, d_loss, g_loss, r1_penalty  # noqa: E402
 from training.toybench import evaluate  # noqa: E402
 
 DEFAULTS = dict(
     ds="grid", steps=6000, every=1000, seed=0,
     bs=256, lr_g=5e-4, lr_d=2e-3, b1=0.5, b2=0.9, decay=0.0,     # Adam; decay: linear LR decay from this fraction
     pack=4, dsteps=2, dh="128,128,128,128,128", gh="128,128,128,128", gbn=0, ema=0.99,   # the bench's `best`
-    loss="ns", r1=0.0,                 # ns (non-saturating) or hinge; R1 weight
+    loss="nonsaturating", r1=0.0,      # any of training.losses.LOSSES; R1 weight (gamma)
     zdim=2, zd="normal", K=0,          # latent: dims, normal|uniform, plus a one-hot of K mixture components
     scale=1.0,                         # D sees x / scale
     ff=0, ffs=1.0,                     # random Fourier features (count, cycles per unit) beside the raw input of D
@@ -94,13 +96,9 @@ def main(a: dict) -> None:
             x_real, x_fake = real(bs), G(latents(bs)).detach()
             x_real.requires_grad_(a["r1"] > 0)
             lr_, lf = d_logits(x_real), d_logits(x_fake)
-            if a["loss"] == "hinge":
-                loss_d = F.relu(1 - lr_).mean() + F.relu(1 + lf).mean()
-            else:
-                loss_d = F.softplus(-lr_).mean() + F.softplus(lf).mean()
+            loss_d = d_loss(a["loss"], lr_, lf)
             if a["r1"]:
-                grad, = torch.autograd.grad(lr_.sum(), x_real, create_graph=True)
-                loss_d = loss_d + a["r1"] / 2 * grad.pow(2).sum(1).mean()
+                loss_d = loss_d + 0.5 * a["r1"] * r1_penalty(x_real, lr_)
             opt_D.zero_grad()
             loss_d.backward()
             opt_D.step()
@@ -109,17 +107,11 @@ def main(a: dict) -> None:
         if a["tk"] < 1:
             frac = 1 - (1 - a["tk"]) * min(1.0, step / (0.5 * a["steps"]))
             lf = lf.topk(max(1, int(frac * len(lf)))).values
-        loss_g = -lf.mean() if a["loss"] == "hinge" else F.softplus(-lf).mean()
+        loss_g = g_loss(a["loss"], lf)
         opt_G.zero_grad()
         loss_g.backward()
         opt_G.step()
-        # EMA of G, with the same warm-up as training.loop.update_ema.
-        with torch.no_grad():
-            d = min(a["ema"], (1 + step) / (10 + step))
-            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                p_ema.lerp_(p, 1 - d)
-            for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-                b_ema.copy_(b)
+        update_ema(G_ema, G, a["ema"], step)
         if step % a["every"] == 0:
             with torch.no_grad():
                 x = G_ema(z_fixed).numpy()                                        # [2500, 2]
@@ -137,4 +129,6 @@ if __name__ == "__main__":
         if key not in args:
             sys.exit(f"toy_lab: unknown setting {key!r}; known: {', '.join(args)}")
         args[key] = value if isinstance(args[key], str) else type(args[key])(value)
+    if args["loss"] not in LOSSES:
+        sys.exit(f"toy_lab: loss={args['loss']!r} is not one of {', '.join(LOSSES)}")
     main(args)

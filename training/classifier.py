@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.modeldir import file_entry
 from training.config import FMNIST_CLASSES, FMNIST_DIR
 
 ONNX_NAME = "classifier.onnx"
@@ -191,11 +192,6 @@ def _onnx_outputs(path: Path, images: np.ndarray, batch: int = 1000) -> tuple[np
     return np.concatenate(logits), np.concatenate(feats)
 
 
-def _sha256(path: Path) -> str:
-    from service.modeldir import file_sha256
-    return file_sha256(path)
-
-
 # ---------------------------------------------------------------- the entry point
 
 def train_classifier(out_dir: str | Path = "models/eval", data_dir: str | Path = FMNIST_DIR, epochs: int = 8,
@@ -282,7 +278,7 @@ def train_classifier(out_dir: str | Path = "models/eval", data_dir: str | Path =
             "command": f"gan evaluate --train-classifier --classifier {out_dir} --data {data_dir} "
                        f"--epochs {epochs} --seed {seed}",
         }
-        manifest["files"] = {ONNX_NAME: {"sha256": _sha256(onnx_path), "bytes": onnx_path.stat().st_size}}
+        manifest["files"] = {ONNX_NAME: file_entry(onnx_path)}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)

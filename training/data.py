@@ -49,7 +49,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()   # writable, owns its memory
 
 
-def _idx_file(directory: Path, stem: str) -> Path:
+def idx_file(directory: Path, stem: str) -> Path:
     """The gzipped file if present, else the raw one (Debian ships .gz)."""
     gz = directory / f"{stem}.gz"
     return gz if gz.exists() else directory / stem
@@ -59,8 +59,8 @@ def load_fmnist(directory: str | Path, split: str = "train") -> tuple[np.ndarray
     """Fashion-MNIST images uint8 [N, 28, 28] and labels int64 [N] of one split."""
     directory = Path(directory)
     prefix = "train" if split == "train" else "t10k"
-    images = read_idx(_idx_file(directory, f"{prefix}-images-idx3-ubyte"))
-    labels_path = _idx_file(directory, f"{prefix}-labels-idx1-ubyte")
+    images = read_idx(idx_file(directory, f"{prefix}-images-idx3-ubyte"))
+    labels_path = idx_file(directory, f"{prefix}-labels-idx1-ubyte")
     labels = read_idx(labels_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{labels_path}: {len(labels)} labels do not match {images.shape} images")
