@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from training.data import toy_modes
-from training.toybench import (RECIPES, high_quality_mask, modes_captured, pct_high_quality, reverse_kl,
+from training.toybench import (RECIPES, recipe_for, high_quality_mask, modes_captured, pct_high_quality, reverse_kl,
                                run_toy_bench)
 
 
@@ -66,8 +66,19 @@ def test_recipes_contract():
     for name in ("minimax", "nonsaturating", "mle", "best"):
         assert name in RECIPES
     from training.config import make_config
-    for name, o in RECIPES.items():
-        make_config("toy-grid", o)    # valid overrides
+    for name in RECIPES:
+        for ds in ("ring", "grid"):
+            make_config(f"toy-{ds}", recipe_for(name, ds))    # valid overrides on both mixtures
+
+
+def test_recipe_for_merges_per_dataset_overrides():
+    recipe = {"loss": "hinge", "r1_gamma": 0.5, "per_dataset": {"ring": {"r1_gamma": 0.01}}}
+    assert recipe_for(recipe, "ring") == {"loss": "hinge", "r1_gamma": 0.01}
+    assert recipe_for(recipe, "grid") == {"loss": "hinge", "r1_gamma": 0.5}
+    assert "per_dataset" in recipe                              # the recipe itself is left as it was
+    from training.config import make_config
+    assert make_config("toy-ring", recipe_for("best", "ring")).loss.r1_gamma != \
+        make_config("toy-grid", recipe_for("best", "grid")).loss.r1_gamma
 
 
 def test_tiny_end_to_end(tmp_path):

@@ -6,7 +6,9 @@ docs/toy-benchmark.md; it is a research tool, not part of the service or the ben
     python tools/toy_lab.py ds=grid steps=8000 every=2000 loss=hinge        # key=value overrides of DEFAULTS
 
 Prints, every `every` steps, the EMA generator's modes captured / % high quality / reverse KL on the bench's
-2500 fixed latents (training.toybench.evaluate), and the seconds so far.
+2500 fixed latents (training.toybench.evaluate), two diagnostics of where precision is lost (`rms/std`: per-axis
+RMS distance of the samples within 10 std of a mode, over the mode std, 1.0 for the true mixture; `off`: % of
+samples farther than 10 std from every mode, i.e. on the bridges G draws between modes), and the seconds so far.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 from training.data import toy_modes  # noqa: E402
 from training.loop import update_ema  # noqa: E402
 from training.losses import LOSSES, d_loss, g_loss, r1_penalty  # noqa: E402
-from training.toybench import evaluate  # noqa: E402
+from training.toybench import evaluate, nearest_mode, recipe_for  # noqa: E402
 
 DEFAULTS = dict(
-    ds="grid", steps=6000, every=1000, seed=0,
-    bs=256, lr_g=5e-4, lr_d=2e-3, b1=0.5, b2=0.9, decay=0.0,     # Adam; decay: linear LR decay from this fraction
+    ds="grid", steps=16000, every=2000, seed=0,
+    bs=256, lr_g=1e-3, lr_d=2e-3, b1=0.5, b2=0.9, decay=0.3,     # Adam; decay: linear LR decay from this fraction
     pack=4, dsteps=2, dh="128,128,128,128,128", gh="128,128,128,128", gbn=0, ema=0.99,   # the bench's `best`
-    loss="nonsaturating", r1=0.0,      # any of training.losses.LOSSES; R1 weight (gamma)
+    loss="nonsaturating", r1=-1.0,     # any of training.losses.LOSSES; R1 weight (gamma), -1 = the bench's per mixture
     zdim=2, zd="normal", K=0,          # latent: dims, normal|uniform, plus a one-hot of K mixture components
     scale=1.0,                         # D sees x / scale
     ff=0, ffs=1.0,                     # random Fourier features (count, cycles per unit) beside the raw input of D
@@ -116,10 +119,14 @@ def main(a: dict) -> None:
             with torch.no_grad():
                 x = G_ema(z_fixed).numpy()                                        # [2500, 2]
             r = evaluate(x, modes, std)
+            _, dist = nearest_mode(x, modes)
+            near = dist[dist <= 10 * std]                                         # samples on some mode
+            r["rms"], r["far"] = float(np.sqrt((near ** 2).mean() / 2)) / std, 100.0 * float((dist > 10 * std).mean())
             if a["png"]:
                 from gan.imaging import scatter_png
                 scatter_png(x, modes, a["png"], title=str(step))
-            print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  {time.time() - t0:.0f}s", flush=True)
+            print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  "
+                  f"rms/std {r['rms']:.2f} off {r['far']:4.1f}%  {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
@@ -129,6 +136,8 @@ if __name__ == "__main__":
         if key not in args:
             sys.exit(f"toy_lab: unknown setting {key!r}; known: {', '.join(args)}")
         args[key] = value if isinstance(args[key], str) else type(args[key])(value)
+    if args["r1"] < 0:
+        args["r1"] = recipe_for("best", args["ds"]).get("r1_gamma", 0.0)
     if args["loss"] not in LOSSES:
         sys.exit(f"toy_lab: loss={args['loss']!r} is not one of {', '.join(LOSSES)}")
     main(args)
