@@ -121,7 +121,9 @@ def main(a: dict) -> None:
             r = evaluate(x, modes, std)
             _, dist = nearest_mode(x, modes)
             near = dist[dist <= 10 * std]                                         # samples on some mode
-            r["rms"], r["far"] = float(np.sqrt((near ** 2).mean() / 2)) / std, 100.0 * float((dist > 10 * std).mean())
+            # rms is undefined (nan) when no sample is on any mode, e.g. at the very start.
+            r["rms"] = float(np.sqrt((near ** 2).mean() / 2)) / std if len(near) else float("nan")
+            r["far"] = 100.0 * float((dist > 10 * std).mean())
             if a["png"]:
                 from gan.imaging import scatter_png
                 scatter_png(x, modes, a["png"], title=str(step))
