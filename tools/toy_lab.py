@@ -25,13 +25,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere without installing
 from training.data import toy_modes  # noqa: E402
-from training.loop import update_ema  # noqa: E402
+from training.loop import lr_decay_factor, update_ema  # noqa: E402
 from training.losses import LOSSES, d_loss, g_loss, r1_penalty  # noqa: E402
 from training.toybench import evaluate, nearest_mode, recipe_for  # noqa: E402
 
 DEFAULTS = dict(
     ds="grid", steps=16000, every=2000, seed=0,
-    bs=256, lr_g=1e-3, lr_d=2e-3, b1=0.5, b2=0.9, decay=0.3,     # Adam; decay: linear LR decay from this fraction
+    bs=256, lr_g=1e-3, lr_d=2e-3, b1=0.5, b2=0.9, decay=0.3,     # Adam; decay: LR decays linearly from this fraction (0 = constant)
     pack=4, dsteps=2, dh="128,128,128,128,128", gh="128,128,128,128", gbn=0, ema=0.99,   # the bench's `best`
     loss="nonsaturating", r1=-1.0,     # any of training.losses.LOSSES; R1 weight (gamma), -1 = the bench's per mixture
     zdim=2, zd="normal", K=0,          # latent: dims, normal|uniform, plus a one-hot of K mixture components
@@ -89,7 +89,7 @@ def main(a: dict) -> None:
     for step in range(1, a["steps"] + 1):
         # Learning rates and the instance-noise level for this step.
         if a["decay"]:
-            f = 1.0 if step < a["decay"] * a["steps"] else (a["steps"] - step) / max(a["steps"] * (1 - a["decay"]), 1)
+            f = lr_decay_factor(step, a["steps"], a["decay"])
             for opt, base in ((opt_G, a["lr_g"]), (opt_D, a["lr_d"])):
                 for group in opt.param_groups:
                     group["lr"] = base * f

@@ -221,13 +221,18 @@ def update_ema(G_ema: nn.Module, G: nn.Module, decay: float, step: int) -> None:
         b_ema.copy_(b)
 
 
+def lr_decay_factor(step: int, steps: int, decay_start: float) -> float:
+    """1 until ``decay_start * steps``, then linear down to 0 at ``steps``: the multiplier of both learning rates."""
+    start = decay_start * steps
+    return 1.0 if step < start else max(0.0, (steps - step) / max(steps - start, 1.0))
+
+
 def set_learning_rates(cfg: TrainConfig, st: TrainState) -> None:
     """Constant rates, then a linear decay to 0 over the last (1 - lr_decay_start) of the run.
 
     A pure function of the step, so a resumed run uses exactly the rates of an uninterrupted one.
     """
-    start = cfg.optim.lr_decay_start * cfg.run.steps
-    factor = 1.0 if st.step < start else max(0.0, (cfg.run.steps - st.step) / max(cfg.run.steps - start, 1.0))
+    factor = lr_decay_factor(st.step, cfg.run.steps, cfg.optim.lr_decay_start)
     for opt, base in ((st.opt_G, cfg.optim.lr_g), (st.opt_D, cfg.optim.lr_d)):
         for group in opt.param_groups:
             group["lr"] = base * factor
