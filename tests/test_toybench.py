@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from training.data import toy_modes
-from training.toybench import (RECIPES, recipe_for, high_quality_mask, modes_captured, pct_high_quality, reverse_kl,
-                               run_toy_bench)
+from training.toybench import (RECIPES, high_quality_mask, modes_captured, pct_high_quality, recipe_for,
+                               rejection_config, reverse_kl, run_toy_bench)
 
 
 def _mixture(kind: str, n: int, seed: int = 0) -> np.ndarray:
@@ -91,3 +91,22 @@ def test_tiny_end_to_end(tmp_path):
     png = tmp_path / "toy" / "ring-nonsaturating-seed0.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*bench*/"))   # no run directories left behind in out
+
+
+def test_tiny_end_to_end_with_rejection_rows(tmp_path, monkeypatch):
+    # A recipe with D* rejection sampling gives two rows per run from the same trained G: its own and "+drs".
+    monkeypatch.setitem(RECIPES, "tiny", {"loss": "nonsaturating", "rejection": {"steps": 30, "calibration": 2000}})
+    md = run_toy_bench(datasets=["ring"], recipes=["tiny"], seeds=1, baseline_seeds=1, steps=30, workers=1,
+                       out=tmp_path, log=lambda msg: None)
+    assert "| ring | tiny | 1 |" in md and "| ring | tiny+drs | 1 |" in md
+    assert "`tiny+drs`: the same runs' EMA generators, sampled through D* rejection sampling" in md
+    kept = [line for line in md.splitlines() if line.startswith("| ring | tiny+drs | 0 |")][0].split("|")[7]
+    assert 0.0 < float(kept) <= 100.0
+    for name in ("ring-tiny-seed0.png", "ring-tiny+drs-seed0.png"):
+        assert (tmp_path / "toy" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recipe_for_leaves_out_entries_that_are_not_config():
+    assert "rejection" not in recipe_for("best", "grid") and "per_dataset" not in recipe_for("best", "grid")
+    assert rejection_config("best") is not None and rejection_config("mle") is None
+    assert rejection_config({"rejection": {"steps": 7}}).steps == 7

@@ -35,11 +35,14 @@ DEFAULTS = dict(
     pack=4, dsteps=2, dh="128,128,128,128,128", gh="128,128,128,128", gbn=0, ema=0.99,   # the bench's `best`
     loss="nonsaturating", r1=-1.0,     # any of training.losses.LOSSES; R1 weight (gamma), -1 = the bench's per mixture
     zdim=2, zd="normal", K=0,          # latent: dims, normal|uniform, plus a one-hot of K mixture components
+    zs=1.0,                            # G sees z * zs (a steeper first layer at the same weights)
     scale=1.0,                         # D sees x / scale
     ff=0, ffs=1.0,                     # random Fourier features (count, cycles per unit) beside the raw input of D
     inoise=0.0, ifrac=0.5,             # instance noise std on D's inputs, annealed to 0 at this fraction of steps
     tk=1.0,                            # top-k G loss: keep this fraction of the batch at the end (annealed from 1)
     png="",                            # write a scatter plot of the last evaluation here
+    save="",                           # torch.save the final EMA generator here
+    drs=0, drs_steps=3000, drs_q=0.99, # after training: D* rejection sampling (training.rejection), its fit steps, bound quantile
 )
 
 
@@ -71,6 +74,7 @@ def main(a: dict) -> None:
     def latents(n, gen=None):                                                     # [n, zdim + K]
         z = torch.randn(n, a["zdim"], generator=gen) if a["zd"] == "normal" \
             else torch.rand(n, a["zdim"], generator=gen) * 2 - 1
+        z = z * a["zs"]
         if a["K"]:
             z = torch.cat([z, F.one_hot(torch.randint(a["K"], (n,), generator=gen), a["K"]).float()], 1)
         return z
@@ -129,6 +133,22 @@ def main(a: dict) -> None:
                 scatter_png(x, modes, a["png"], title=str(step))
             print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  "
                   f"rms/std {r['rms']:.2f} off {r['far']:4.1f}%  {time.time() - t0:.0f}s", flush=True)
+    if a["save"]:
+        torch.save(G_ema, a["save"])
+    if a["drs"]:
+        # Rejection sampling with a D* fitted to the final EMA generator.
+        from training.rejection import RejectionConfig, fit_optimal_discriminator, rejection_sample
+        cfg = RejectionConfig(steps=a["drs_steps"], bound_quantile=a["drs_q"])
+        gen = torch.Generator().manual_seed(a["seed"] + 777)
+        fake = lambda n, g: G_ema(latents(n, g))                                   # noqa: E731
+        with torch.enable_grad():
+            d_star = fit_optimal_discriminator(lambda n, g: centres[torch.randint(len(centres), (n,), generator=g)]
+                                               + std * torch.randn(n, 2, generator=g), fake, cfg, gen)
+        x, rate = rejection_sample(fake, d_star, 2500, cfg, gen)
+        r = evaluate(x.numpy(), modes, std)
+        _, dist = nearest_mode(x.numpy(), modes)
+        print(f"   drs {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  accept {100 * rate:.1f}%  "
+              f"off {100.0 * float((dist > 10 * std).mean()):4.1f}%  {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,16 @@ RECIPES: dict[str, dict] = {
     # decay linearly from 30% of the run so the modes sharpen instead of oscillating (docs/toy-benchmark.md).
     # R1 penalises |grad_x D|^2, whose scale is 1 / std^2 of the modes, so its weight is set per mixture:
     # ring std 0.01 -> gamma 0.01, grid std 0.05 -> gamma 1 (both the best of the values measured).
+    # "rejection": each run's generator is also evaluated through D* rejection sampling (training/rejection.py),
+    # reported as the recipe "best+drs" from the same trained G; True, or a dict of RejectionConfig overrides.
     "best": {"loss": "nonsaturating", "pack": 4, "d_steps": 2, "lr_g": 1e-3, "lr_d": 2e-3,
              "d_hidden": [128, 128, 128, 128, 128], "g_hidden": [128, 128, 128, 128], "steps": 16000,
-             "lr_decay_start": 0.3, "per_dataset": {"ring": {"r1_gamma": 0.01}, "grid": {"r1_gamma": 1.0}}},
+             "lr_decay_start": 0.3, "per_dataset": {"ring": {"r1_gamma": 0.01}, "grid": {"r1_gamma": 1.0}},
+             "rejection": True},
 }
 BASELINES = ("minimax", "nonsaturating", "mle")
+REJECTION_SUFFIX = "+drs"      # the row name of a recipe's runs sampled through D* rejection
+_NOT_CONFIG = ("per_dataset", "rejection")   # recipe entries that are not config overrides
 
 
 # ---------------------------------------------------------------- metrics
@@ -99,8 +104,18 @@ def evaluate(samples: np.ndarray, modes: np.ndarray, std: float) -> dict:
 def recipe_for(recipe: str | dict, dataset: str) -> dict:
     """A recipe's flat config overrides on one mixture: its common entries plus its "per_dataset" ones."""
     base = dict(RECIPES[recipe]) if isinstance(recipe, str) else dict(recipe)
-    per_dataset = base.pop("per_dataset", {})
-    return {**base, **per_dataset.get(dataset, {})}
+    per_dataset = base.get("per_dataset", {})
+    return {**{k: v for k, v in base.items() if k not in _NOT_CONFIG}, **per_dataset.get(dataset, {})}
+
+
+def rejection_config(recipe: str | dict):
+    """The recipe's training.rejection.RejectionConfig, or None when its runs are sampled from G alone."""
+    from training.rejection import RejectionConfig
+
+    setting = (RECIPES[recipe] if isinstance(recipe, str) else recipe).get("rejection", False)
+    if not setting:
+        return None
+    return RejectionConfig(**(setting if isinstance(setting, dict) else {}))
 
 
 def recipe_overrides(recipe: str | dict, dataset: str, seed: int, steps: int | None, out_dir: str) -> dict:
@@ -117,15 +132,16 @@ def run_one(dataset: str, recipe: str | dict, seed: int, steps: int | None = Non
             png: str | Path | None = None, scratch: str | Path | None = None) -> dict:
     """Train one recipe on one mixture with one seed; evaluate the EMA generator on 2500 samples.
 
-    Returns {"modes", "hq", "kl", "seconds"}; writes a scatter plot to ``png`` when given.
-    The run directory lives in a temporary folder and is deleted afterwards.
+    Returns {"modes", "hq", "kl", "seconds"}, plus "rejection" (the same keys and "accept", the acceptance rate)
+    when the recipe uses D* rejection sampling; writes a scatter plot of each sample set to ``png`` (the rejection
+    one beside it, named with REJECTION_SUFFIX) when given. The run directory lives in a temporary folder and is
+    deleted afterwards.
     """
     import torch
 
-    from gan.imaging import scatter_png
     from training.checkpoint import load_checkpoint
     from training.config import make_config
-    from training.data import toy_modes
+    from training.data import load_data, toy_modes
     from training.loop import fixed_latents, generate, train
 
     tmp = Path(tempfile.mkdtemp(prefix="toybench-", dir=scratch))
@@ -134,19 +150,35 @@ def run_one(dataset: str, recipe: str | dict, seed: int, steps: int | None = Non
         t0 = time.perf_counter()
         run_dir = train(cfg, log=lambda msg: None)
         seconds = time.perf_counter() - t0
-        G = load_checkpoint(run_dir).generator(ema=True)
+        G = load_checkpoint(run_dir).generator(ema=True).eval()
         z, labels = fixed_latents(cfg, EVAL_SAMPLES, torch.device("cpu"))
         samples = generate(G, z, labels)                                    # [2500, 2]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     modes, std = toy_modes(dataset)
-    result = evaluate(samples, modes, std)
-    result["seconds"] = seconds
+    result = _scored(samples, modes, std, seconds, png)
+    rejection = rejection_config(recipe)
+    if rejection is not None:
+        # The same G, sampled through a D* fitted to it (its own seed, so the G-only numbers are unchanged).
+        from training.rejection import sample_with_rejection
+        t0 = time.perf_counter()
+        kept, accept = sample_with_rejection(G, load_data(cfg.data), cfg, EVAL_SAMPLES, rejection)
+        drs_png = None if png is None else Path(png).with_name(
+            Path(png).name.replace(f"-seed{seed}", f"{REJECTION_SUFFIX}-seed{seed}"))
+        result["rejection"] = {**_scored(kept, modes, std, seconds + time.perf_counter() - t0, drs_png),
+                               "accept": accept}
+    return result
+
+
+def _scored(samples: np.ndarray, modes: np.ndarray, std: float, seconds: float, png: str | Path | None) -> dict:
+    """The yardsticks of one sample set plus its seconds; writes its scatter plot to ``png`` when given."""
+    from gan.imaging import scatter_png
+
+    result = {**evaluate(samples, modes, std), "seconds": seconds}
     if png is not None:
         Path(png).parent.mkdir(parents=True, exist_ok=True)
-        name = Path(png).stem
         scatter_png(samples, modes, png,
-                    title=f"{name}: {result['modes']}/{len(modes)} modes, {result['hq']:.1f}% HQ, "
+                    title=f"{Path(png).stem}: {result['modes']}/{len(modes)} modes, {result['hq']:.1f}% HQ, "
                           f"KL {result['kl']:.3f}")
     return result
 
@@ -160,6 +192,14 @@ def _fmt_overrides(o: dict) -> str:
 def _mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _describe_rejection(c) -> str:
+    return (f"D* rejection sampling (`training/rejection.py`): a fresh D (standardised input, {c.fourier} Fourier "
+            f"features at {c.fourier_scale:g} cycles per std, MLP {'x'.join(map(str, c.hidden))}) fitted alone to the "
+            f"frozen G for {c.steps} Adam steps of batch {c.batch}, then each G sample kept with probability "
+            f"exp(logit - M), M the {c.bound_quantile:g} quantile of {c.calibration} samples' logits; "
+            f"% kept = the acceptance rate, s = training plus fitting and sampling")
 
 
 def _command_line() -> str:
@@ -218,9 +258,13 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
                          f"betas ({cfg.optim.beta1}, {cfg.optim.beta2}), LR decay from {cfg.optim.lr_decay_start:g}, "
                          f"pack {cfg.model.pack}, d_steps {cfg.loss.d_steps}, r1_gamma {cfg.loss.r1_gamma}, "
                          f"EMA {cfg.run.ema_decay if cfg.run.ema else 'off'}")
+    for name, recipe in recipes.items():
+        if rejection_config(recipe) is not None:
+            lines.append(f"- `{name}{REJECTION_SUFFIX}`: the same runs' EMA generators, sampled through "
+                         f"{_describe_rejection(rejection_config(recipe))}")
     lines += ["", "## Summary (mean ± std over seeds)", "",
-              "| dataset | recipe | seeds | modes captured | % high quality | reverse KL | s/run |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "| dataset | recipe | seeds | modes captured | % high quality | reverse KL | % kept | s/run |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["recipe"]), []).append(r)
@@ -228,16 +272,32 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
         m = len(toy_modes(ds)[0])
         mo, hq, kl = (_mean_std([r[k] for r in rs]) for k in ("modes", "hq", "kl"))
         sec = float(np.mean([r["seconds"] for r in rs]))
+        kept = f"{100 * np.mean([r['accept'] for r in rs]):.1f}" if "accept" in rs[0] else "–"
         lines.append(f"| {ds} | {rc} | {len(rs)} | {mo[0]:.2f} ± {mo[1]:.2f} / {m} | {hq[0]:.1f} ± {hq[1]:.1f} "
-                     f"| {kl[0]:.3f} ± {kl[1]:.3f} | {sec:.1f} |")
+                     f"| {kl[0]:.3f} ± {kl[1]:.3f} | {kept} | {sec:.1f} |")
     lines += ["", "## Per run", "",
-              "| dataset | recipe | seed | modes captured | % high quality | reverse KL | s | plot |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]
+              "| dataset | recipe | seed | modes captured | % high quality | reverse KL | % kept | s | plot |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         m = len(toy_modes(r["dataset"])[0])
+        kept = f"{100 * r['accept']:.1f}" if "accept" in r else "–"
         lines.append(f"| {r['dataset']} | {r['recipe']} | {r['seed']} | {r['modes']} / {m} | {r['hq']:.1f} "
-                     f"| {r['kl']:.3f} | {r['seconds']:.1f} | [png]({r['png']}) |")
+                     f"| {r['kl']:.3f} | {kept} | {r['seconds']:.1f} | [png]({r['png']}) |")
     return "\n".join(lines) + "\n"
+
+
+def _bench_rows(ds: str, rc: str, seed: int, result: dict, png: str, log) -> list[dict]:
+    """The table rows of one run: the generator's, and its rejection-sampled one when the recipe has it."""
+    rejected = result.pop("rejection", None)
+    rows = [{"dataset": ds, "recipe": rc, "seed": seed, **result, "png": png}]
+    if rejected is not None:
+        rows.append({"dataset": ds, "recipe": rc + REJECTION_SUFFIX, "seed": seed, **rejected,
+                     "png": png.replace(f"-seed{seed}", f"{REJECTION_SUFFIX}-seed{seed}")})
+    for r in rows:
+        kept = f", {100 * r['accept']:.1f}% kept" if "accept" in r else ""
+        log(f"{ds:5s} {r['recipe']:14s} seed {seed}: {r['modes']} modes, {r['hq']:.1f}% HQ, "
+            f"KL {r['kl']:.3f}{kept} ({r['seconds']:.1f} s)")
+    return rows
 
 
 def _bench_job(job: tuple) -> dict:
@@ -289,14 +349,14 @@ def run_toy_bench(datasets=("ring", "grid"), recipes=None, seeds: int = 10, base
                 results = pool.map(_bench_job, jobs)
             try:
                 for (ds, rc, seed, _, png, _, _), r in zip(jobs, results):
-                    rows.append({"dataset": ds, "recipe": rc, "seed": seed, **r, "png": f"toy/{Path(png).name}"})
-                    log(f"{ds:5s} {rc:14s} seed {seed}: {r['modes']} modes, {r['hq']:.1f}% HQ, "
-                        f"KL {r['kl']:.3f} ({r['seconds']:.1f} s)")
+                    rows += _bench_rows(ds, rc, seed, r, f"toy/{Path(png).name}", log)
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
     finally:
         torch.set_num_threads(old_threads)
+    order = [name + suffix for name in names for suffix in ("", REJECTION_SUFFIX)]
+    rows.sort(key=lambda r: (list(datasets).index(r["dataset"]), order.index(r["recipe"]), r["seed"]))
     md = render_markdown(rows, {n: RECIPES[n] for n in names}, steps, command, time.perf_counter() - t0, threads,
                          workers)
     (out / "toy-benchmark.md").write_text(md)
