@@ -35,6 +35,7 @@ from evaluation import metrics as M
 from evaluation import report as R
 from evaluation.features import Classifier, InceptionFeatures
 from evaluation.sources import EvaluationError, Samples, data_fingerprint, load_fmnist, load_source
+from gan.stats import read_stats
 
 __all__ = ["EvaluationError", "evaluate", "measure", "real_data", "floor_metrics", "min_samples"]
 
@@ -346,7 +347,7 @@ def evaluate(source: str | Path, n: int = 10000, out: str | Path | None = None, 
                          caption="generated | 6 nearest training images (pixel L2 on [0,1])")
         plots[R.NEIGHBOURS_PNG] = R.NEIGHBOURS_PNG
         stats, why = _find_stats(samples.manifest)
-        if stats is not None and R.training_plot(R.read_stats(stats), out_dir / R.TRAINING_PNG,
+        if stats is not None and R.training_plot(read_stats(stats), out_dir / R.TRAINING_PNG,
                                                  caption=f"{stats} (pixel FD = the loop's --fd-every record)"):
             plots[R.TRAINING_PNG] = R.TRAINING_PNG
             result["training_log"] = str(stats)

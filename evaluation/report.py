@@ -1,7 +1,6 @@
 """The evaluation report: PNG plots drawn with Pillow (no matplotlib) and a Markdown summary."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -116,16 +115,6 @@ def line_chart(draw, box: tuple[int, int, int, int], series: dict[str, tuple[lis
     draw.text((x0 + 2, py1 - 10), _nice(untf(ymin)), fill=(0, 0, 0), font=font)
     draw.text((px0, py1 + 4), _nice(xmin), fill=(0, 0, 0), font=font)
     draw.text((px1 - 40, py1 + 4), _nice(xmax) + " steps" if xmax >= 1 else _nice(xmax), fill=(0, 0, 0), font=font)
-
-
-def read_stats(stats_path: Path) -> list[dict]:
-    rows = []
-    for line in stats_path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def training_plot(rows: list[dict], path: Path, caption: str) -> bool:

@@ -165,7 +165,8 @@ def test_training_time_of_old_checkpoints_from_stats(runs, tmp_path):
     rows = [{"step": 1, "elapsed_s": 5.0}, {"step": 2, "elapsed_s": 9.0},    # first session
             {"step": 1, "elapsed_s": 2.5}, {"step": 2, "elapsed_s": 4.0},    # resumed from step 0 (clock restarts)
             {"step": 2, "pixel_fd": 3.0}, {"step": 3, "elapsed_s": 99.0}]    # not timing rows / past the checkpoint
-    (tmp_path / "run" / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torn = '\n{"step": 3, "elaps'                                          # a blank line, then a killed run's torn write
+    (tmp_path / "run" / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + torn)
     assert training_time(load_checkpoint(old)) == {"wall_time_s": 13.0, "device": None}
 
 

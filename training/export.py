@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gan.imaging import tile_grid, to_uint8
+from gan.stats import read_stats
 from service.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, ONNX_FILE, ModelDirError, file_entry,
                               load_model_dir, validate_manifest)
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
@@ -392,8 +393,7 @@ def training_time(ck: Checkpoint) -> dict:
     stats = Path(ck.path).resolve().parent.parent / "stats.jsonl"
     total, last = 0.0, 0.0
     if stats.is_file():
-        for line in stats.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
+        for row in read_stats(stats):
             if "elapsed_s" not in row or row.get("step", 0) > ck.step:
                 continue
             if row["elapsed_s"] < last:         # a resumed session: its clock started again from 0
