@@ -73,30 +73,39 @@ def high_quality_mask(samples: np.ndarray, modes: np.ndarray, std: float) -> np.
 
 def modes_captured(samples: np.ndarray, modes: np.ndarray, std: float) -> int:
     """Number of modes that are the nearest mode of at least one high-quality sample."""
-    idx, dist = nearest_mode(samples, modes)
-    return int(len(np.unique(idx[dist <= HQ_SIGMAS * std])))
+    return _modes_captured(*nearest_mode(samples, modes), std)
 
 
 def pct_high_quality(samples: np.ndarray, modes: np.ndarray, std: float) -> float:
     """Percentage (0..100) of samples within 3 std of their nearest mode."""
-    mask = high_quality_mask(samples, modes, std)
-    return 100.0 * float(mask.mean()) if len(mask) else 0.0
+    return _pct_high_quality(nearest_mode(samples, modes)[1], std)
 
 
 def reverse_kl(samples: np.ndarray, modes: np.ndarray) -> float:
     """KL(nearest-mode histogram of all samples || uniform over modes), with 0 log 0 = 0."""
-    idx, _ = nearest_mode(samples, modes)
-    m = len(np.asarray(modes).reshape(-1, 2))
-    p = np.bincount(idx, minlength=m).astype(np.float64) / max(len(idx), 1)
-    nz = p > 0
-    return float(np.sum(p[nz] * np.log(p[nz] * m)))
+    return _reverse_kl(nearest_mode(samples, modes)[0], len(np.asarray(modes).reshape(-1, 2)))
 
 
 def evaluate(samples: np.ndarray, modes: np.ndarray, std: float) -> dict:
-    """All three yardsticks of one sample set."""
-    return {"modes": modes_captured(samples, modes, std),
-            "hq": pct_high_quality(samples, modes, std),
-            "kl": reverse_kl(samples, modes)}
+    """All three yardsticks of one sample set (the nearest modes computed once)."""
+    idx, dist = nearest_mode(samples, modes)
+    return {"modes": _modes_captured(idx, dist, std), "hq": _pct_high_quality(dist, std),
+            "kl": _reverse_kl(idx, len(np.asarray(modes).reshape(-1, 2)))}
+
+
+# The yardsticks from the nearest-mode index [N] and distance [N] of each sample.
+def _modes_captured(idx: np.ndarray, dist: np.ndarray, std: float) -> int:
+    return int(len(np.unique(idx[dist <= HQ_SIGMAS * std])))
+
+
+def _pct_high_quality(dist: np.ndarray, std: float) -> float:
+    return 100.0 * float((dist <= HQ_SIGMAS * std).mean()) if len(dist) else 0.0
+
+
+def _reverse_kl(idx: np.ndarray, m: int) -> float:
+    p = np.bincount(idx, minlength=m).astype(np.float64) / max(len(idx), 1)
+    nz = p > 0
+    return float(np.sum(p[nz] * np.log(p[nz] * m)))
 
 
 # ---------------------------------------------------------------- one run
