@@ -41,8 +41,7 @@ DEFAULTS = dict(
     inoise=0.0, ifrac=0.5,             # instance noise std on D's inputs, annealed to 0 at this fraction of steps
     tk=1.0,                            # top-k G loss: keep this fraction of the batch at the end (annealed from 1)
     png="",                            # write a scatter plot of the last evaluation here
-    save="",                           # torch.save the final EMA generator here
-    drs=0, drs_steps=3000, drs_q=0.99, # after training: D* rejection sampling (training.rejection), its fit steps, bound quantile
+    save="",                           # save the final EMA generator and these settings here (tools/drs_lab.py reads it)
 )
 
 
@@ -54,13 +53,29 @@ def mlp(d_in: int, hidden: list[int], d_out: int, act, batchnorm: bool = False) 
     return nn.Sequential(*layers, nn.Linear(d_in, d_out))
 
 
+def make_generator(a: dict) -> nn.Module:
+    return mlp(a["zdim"] + a["K"], [int(x) for x in a["gh"].split(",")], 2, nn.ReLU, bool(a["gbn"]))
+
+
+def make_latents(a: dict):
+    """(n, gen) -> latents [n, zdim + K] of the settings ``a``."""
+    def latents(n: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, a["zdim"], generator=gen) if a["zd"] == "normal" \
+            else torch.rand(n, a["zdim"], generator=gen) * 2 - 1
+        z = z * a["zs"]
+        if a["K"]:
+            z = torch.cat([z, F.one_hot(torch.randint(a["K"], (n,), generator=gen), a["K"]).float()], 1)
+        return z
+    return latents
+
+
 def main(a: dict) -> None:
     torch.manual_seed(a["seed"])
     torch.set_num_threads(1)
     modes, std = toy_modes(a["ds"])
     centres = torch.tensor(modes, dtype=torch.float32)                            # [M, 2]
     d_in = 2 + 2 * a["ff"]
-    G = mlp(a["zdim"] + a["K"], [int(x) for x in a["gh"].split(",")], 2, nn.ReLU, bool(a["gbn"]))
+    G = make_generator(a)
     D = mlp(d_in * a["pack"], [int(x) for x in a["dh"].split(",")], 1, lambda: nn.LeakyReLU(0.2))
     G_ema = copy.deepcopy(G).eval()
     opt_G = torch.optim.Adam(G.parameters(), a["lr_g"], betas=(a["b1"], a["b2"]))
@@ -71,14 +86,7 @@ def main(a: dict) -> None:
     def real(n):                                                                  # [n, 2]
         return centres[torch.randint(len(centres), (n,))] + std * torch.randn(n, 2)
 
-    def latents(n, gen=None):                                                     # [n, zdim + K]
-        z = torch.randn(n, a["zdim"], generator=gen) if a["zd"] == "normal" \
-            else torch.rand(n, a["zdim"], generator=gen) * 2 - 1
-        z = z * a["zs"]
-        if a["K"]:
-            z = torch.cat([z, F.one_hot(torch.randint(a["K"], (n,), generator=gen), a["K"]).float()], 1)
-        return z
-
+    latents = make_latents(a)
     def d_logits(x):                                                              # [n, 2] -> [n / pack]
         if noise_std[0] > 0:
             x = x + noise_std[0] * torch.randn_like(x)
@@ -134,21 +142,7 @@ def main(a: dict) -> None:
             print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  "
                   f"rms/std {r['rms']:.2f} off {r['far']:4.1f}%  {time.time() - t0:.0f}s", flush=True)
     if a["save"]:
-        torch.save(G_ema, a["save"])
-    if a["drs"]:
-        # Rejection sampling with a D* fitted to the final EMA generator.
-        from training.rejection import RejectionConfig, fit_optimal_discriminator, rejection_sample
-        cfg = RejectionConfig(steps=a["drs_steps"], bound_quantile=a["drs_q"])
-        gen = torch.Generator().manual_seed(a["seed"] + 777)
-        fake = lambda n, g: G_ema(latents(n, g))                                   # noqa: E731
-        with torch.enable_grad():
-            d_star = fit_optimal_discriminator(lambda n, g: centres[torch.randint(len(centres), (n,), generator=g)]
-                                               + std * torch.randn(n, 2, generator=g), fake, cfg, gen)
-        x, rate = rejection_sample(fake, d_star, 2500, cfg, gen)
-        r = evaluate(x.numpy(), modes, std)
-        _, dist = nearest_mode(x.numpy(), modes)
-        print(f"   drs {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  accept {100 * rate:.1f}%  "
-              f"off {100.0 * float((dist > 10 * std).mean()):4.1f}%  {time.time() - t0:.0f}s", flush=True)
+        torch.save({"generator": G_ema.state_dict(), "settings": a}, a["save"])
 
 
 if __name__ == "__main__":
