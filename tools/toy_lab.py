@@ -9,6 +9,7 @@ Prints, every `every` steps, the EMA generator's modes captured / % high quality
 2500 fixed latents (training.toybench.evaluate), two diagnostics of where precision is lost (`rms/std`: per-axis
 RMS distance of the samples within 10 std of a mode, over the mode std, 1.0 for the true mixture; `off`: % of
 samples farther than 10 std from every mode, i.e. on the bridges G draws between modes), and the seconds so far.
+`save=PATH` keeps the final EMA generator and the settings for tools/drs_lab.py (D* rejection sampling).
 """
 from __future__ import annotations
 
