@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_lab import make_generator, make_latents  # noqa: E402
-from training.data import toy_modes  # noqa: E402
+from training.config import make_config  # noqa: E402
+from training.data import load_data, toy_modes  # noqa: E402
 from training.rejection import RejectionConfig, fit_optimal_discriminator, rejection_sample  # noqa: E402
 from training.toybench import EVAL_SAMPLES, evaluate, nearest_mode  # noqa: E402
 
@@ -47,10 +48,10 @@ def main(path: str, cfg: RejectionConfig) -> None:
     G.eval()
     latents = make_latents(a)
     modes, std = toy_modes(a["ds"])
-    centres = torch.tensor(modes, dtype=torch.float32)                                 # [M, 2]
+    data = load_data(make_config(f"toy-{a['ds']}").data)
 
     def real(n: int, g: torch.Generator) -> torch.Tensor:                            # [n, 2]
-        return centres[torch.randint(len(centres), (n,), generator=g)] + std * torch.randn(n, 2, generator=g)
+        return data.sample(n, g)[0]
 
     def fake(n: int, g: torch.Generator) -> torch.Tensor:                            # [n, 2]
         with torch.no_grad():

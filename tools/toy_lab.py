@@ -88,6 +88,7 @@ def main(a: dict) -> None:
         return centres[torch.randint(len(centres), (n,))] + std * torch.randn(n, 2)
 
     latents = make_latents(a)
+
     def d_logits(x):                                                              # [n, 2] -> [n / pack]
         if noise_std[0] > 0:
             x = x + noise_std[0] * torch.randn_like(x)

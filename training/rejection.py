@@ -100,8 +100,7 @@ def rejection_sample(fake: Sampler, d: nn.Module, n: int, cfg: RejectionConfig,
     """``n`` samples from ``fake`` kept with probability exp(D(x) - M); returns them [n, ...] and the
     acceptance rate. M is the ``bound_quantile`` of D's logits on ``calibration`` fresh proposals."""
     calib = d(fake(cfg.calibration, gen)).squeeze(1)                                   # [calibration]
-    bound = float(torch.quantile(calib.double(), cfg.bound_quantile)) if cfg.bound_quantile < 1 \
-        else float(calib.max())
+    bound = float(torch.quantile(calib.double(), cfg.bound_quantile))                  # quantile 1.0 = the max
     kept, proposed, have = [], 0, 0
     chunk = max(1024, 2 * n)
     while have < n:

@@ -159,7 +159,7 @@ def run_one(dataset: str, recipe: str | dict, seed: int, steps: int | None = Non
         t0 = time.perf_counter()
         run_dir = train(cfg, log=lambda msg: None)
         seconds = time.perf_counter() - t0
-        G = load_checkpoint(run_dir).generator(ema=True).eval()
+        G = load_checkpoint(run_dir).generator(ema=True)
         z, labels = fixed_latents(cfg, EVAL_SAMPLES, torch.device("cpu"))
         samples = generate(G, z, labels)                                    # [2500, 2]
     finally:
@@ -172,11 +172,16 @@ def run_one(dataset: str, recipe: str | dict, seed: int, steps: int | None = Non
         from training.rejection import sample_with_rejection
         t0 = time.perf_counter()
         kept, accept = sample_with_rejection(G, load_data(cfg.data), cfg, EVAL_SAMPLES, rejection)
-        drs_png = None if png is None else Path(png).with_name(
-            Path(png).name.replace(f"-seed{seed}", f"{REJECTION_SUFFIX}-seed{seed}"))
+        drs_png = None if png is None else rejection_png(png, seed)
         result["rejection"] = {**_scored(kept, modes, std, seconds + time.perf_counter() - t0, drs_png),
                                "accept": accept}
     return result
+
+
+def rejection_png(png: str | Path, seed: int) -> str:
+    """The scatter-plot path of a run's rejection-sampled samples, beside the plot of its G alone."""
+    path = Path(png)
+    return str(path.with_name(path.name.replace(f"-seed{seed}", f"{REJECTION_SUFFIX}-seed{seed}")))
 
 
 def _scored(samples: np.ndarray, modes: np.ndarray, std: float, seconds: float, png: str | Path | None) -> dict:
@@ -268,9 +273,10 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
                          f"pack {cfg.model.pack}, d_steps {cfg.loss.d_steps}, r1_gamma {cfg.loss.r1_gamma}, "
                          f"EMA {cfg.run.ema_decay if cfg.run.ema else 'off'}")
     for name, recipe in recipes.items():
-        if rejection_config(recipe) is not None:
+        rejection = rejection_config(recipe)
+        if rejection is not None:
             lines.append(f"- `{name}{REJECTION_SUFFIX}`: the same runs' EMA generators, sampled through "
-                         f"{_describe_rejection(rejection_config(recipe))}")
+                         f"{_describe_rejection(rejection)}")
     lines += ["", "## Summary (mean ± std over seeds)", "",
               "| dataset | recipe | seeds | modes captured | % high quality | reverse KL | % kept | s/run |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -301,7 +307,7 @@ def _bench_rows(ds: str, rc: str, seed: int, result: dict, png: str, log) -> lis
     rows = [{"dataset": ds, "recipe": rc, "seed": seed, **result, "png": png}]
     if rejected is not None:
         rows.append({"dataset": ds, "recipe": rc + REJECTION_SUFFIX, "seed": seed, **rejected,
-                     "png": png.replace(f"-seed{seed}", f"{REJECTION_SUFFIX}-seed{seed}")})
+                     "png": rejection_png(png, seed)})
     for r in rows:
         kept = f", {100 * r['accept']:.1f}% kept" if "accept" in r else ""
         log(f"{ds:5s} {r['recipe']:14s} seed {seed}: {r['modes']} modes, {r['hq']:.1f}% HQ, "
