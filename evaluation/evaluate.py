@@ -35,7 +35,7 @@ from evaluation import metrics as M
 from evaluation import report as R
 from evaluation.features import Classifier, InceptionFeatures
 from evaluation.sources import EvaluationError, Samples, data_fingerprint, load_fmnist, load_source
-from gan.stats import read_stats
+from core.stats import read_stats
 
 __all__ = ["EvaluationError", "evaluate", "measure", "real_data", "floor_metrics", "min_samples"]
 

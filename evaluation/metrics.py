@@ -1,6 +1,6 @@
 """Sample-quality metrics on feature vectors or pixels: numpy only.
 
-Frechet distance is ``gan.metrics.frechet_distance_features`` (shared with training); this module adds
+Frechet distance is ``core.frechet.frechet_distance_features`` (shared with training); this module adds
   - KID: unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018),
     mean and std over random subsets;
   - improved precision and recall (Kynkaanniemi et al. 2019): k-NN balls around each set's samples;
@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from gan.metrics import frechet_distance_features
+from core.frechet import frechet_distance_features
 
 __all__ = ["frechet_distance_features", "mmd2_unbiased", "kid", "pairwise_sq_dists", "knn_radii",
            "precision_recall", "class_coverage", "per_class_accuracy", "parzen_log_likelihoods",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan.imaging import tile_grid
+from core.imaging import tile_grid
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (23, 190, 207)]
 CLASSES_PNG, NEIGHBOURS_PNG, TRAINING_PNG, COVERAGE_PNG = ("eval-classes.png", "eval-neighbours.png",

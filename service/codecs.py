@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from gan.imaging import tile_grid
+from core.imaging import tile_grid
 
 IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MEDIA_TYPES = {**IMAGE_FORMATS, "npy": "application/x-npy", "zip": "application/zip", "gif": "image/gif"}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gan.metrics import frechet_distance_features
+from core.frechet import frechet_distance_features
 from training import checkpoint as ckpt_io
 from training.config import FMNIST_DIR, DataConfig, make_config
 from training.data import DataError, load_data, load_folder, load_npz, read_idx, toy_modes

@@ -139,7 +139,7 @@ def main(a: dict) -> None:
             r["rms"] = float(np.sqrt((near ** 2).mean() / 2)) / std if len(near) else float("nan")
             r["far"] = 100.0 * float((dist > 10 * std).mean())
             if a["png"]:
-                from gan.imaging import scatter_png
+                from core.imaging import scatter_png
                 scatter_png(x, modes, a["png"], title=str(step))
             print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  "
                   f"rms/std {r['rms']:.2f} off {r['far']:4.1f}%  {time.time() - t0:.0f}s", flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan.imaging import to_uint8
+from core.imaging import to_uint8
 from service.codecs import encode_image
 
 

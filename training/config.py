@@ -58,6 +58,11 @@ class ModelConfig:
     d_fourier_scale: float = _f(1.0, "std of the random Fourier frequencies (cycles per input unit)")
     g_channels: int = _f(64, "DCGAN generator base width (channels of the last hidden layer)")
     d_channels: int = _f(64, "DCGAN discriminator base width (channels of the first layer)")
+    g_upsample: str = _f("transpose", "DCGAN generator 2x upsampling: transpose (4x4 stride-2 transposed conv, the "
+                                      "DCGAN original; prone to checkerboard speckle) or resize (nearest 2x resize "
+                                      "then a 3x3 conv, Odena et al. 2016)", ("transpose", "resize"))
+    d_norm: str = _f("none", "DCGAN discriminator weight normalisation: none or spectral (Miyato et al. 2018)",
+                     ("none", "spectral"))
 
 
 @dataclass

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gan.imaging import tile_grid, to_uint8
-from gan.stats import read_stats
+from core.imaging import tile_grid, to_uint8
+from core.stats import read_stats
 from service.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, ONNX_FILE, ModelDirError, file_entry,
                               load_model_dir, validate_manifest)
 from training.checkpoint import Checkpoint, file_sha256, load_checkpoint
@@ -52,7 +52,7 @@ class ExportError(ValueError):
 class ImageGenerator(torch.nn.Module):
     """G plus the post-processing the service would otherwise do: [-1, 1] NCHW float -> uint8 NHWC.
 
-    The rounding is exactly gan.imaging.to_uint8: clip(floor((x + 1) * 127.5 + 0.5), 0, 255).
+    The rounding is exactly core.imaging.to_uint8: clip(floor((x + 1) * 127.5 + 0.5), 0, 255).
     """
 
     def __init__(self, generator: torch.nn.Module, conditional: bool):
@@ -237,7 +237,7 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def parity_check(generator: torch.nn.Module, onnx_path: Path, latent_dim: int, num_classes: int) -> dict:
-    """onnxruntime CPU vs PyTorch (+ gan.imaging.to_uint8) on fixed latents at batch 1, 7 and 512."""
+    """onnxruntime CPU vs PyTorch (+ core.imaging.to_uint8) on fixed latents at batch 1, 7 and 512."""
     sess = _session(onnx_path)
     per_batch, worst_max, min_identical = {}, 0, 1.0
     for n in PARITY_BATCHES:
@@ -250,7 +250,7 @@ def parity_check(generator: torch.nn.Module, onnx_path: Path, latent_dim: int, n
             raise ExportError(f"parity: onnxruntime returned {got.dtype} {got.shape}, expected uint8 {ref.shape}")
         per_batch[str(n)] = stats = _compare(got, ref)
         worst_max, min_identical = max(worst_max, stats["max_abs_diff"]), min(min_identical, stats["identical"])
-    result = {"reference": "PyTorch fp32 + gan.imaging.to_uint8", "provider": "CPUExecutionProvider",
+    result = {"reference": "PyTorch fp32 + core.imaging.to_uint8", "provider": "CPUExecutionProvider",
               "batches": per_batch, "max_abs_diff": worst_max, "min_identical": min_identical,
               "tolerance": {"max_abs_diff": PARITY_MAX_DIFF, "min_identical": PARITY_MIN_IDENTICAL}}
     if worst_max > PARITY_MAX_DIFF or min_identical < PARITY_MIN_IDENTICAL:

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gan.imaging import save_png, scatter_png, tile_grid, to_uint8
-from gan.metrics import frechet_distance_features
+from core.imaging import save_png, scatter_png, tile_grid, to_uint8
+from core.frechet import frechet_distance_features
 from training import checkpoint as ckpt_io
 from training.config import TrainConfig
 from training.data import RealData, load_data

@@ -151,7 +151,7 @@ class DCGANGenerator(nn.Module):
     """
 
     def __init__(self, latent_dim: int, channels: int, resolution: int, base: int, num_classes: int = 0,
-                 cond: str = "concat"):
+                 cond: str = "concat", upsample: str = "transpose"):
         super().__init__()
         self.num_classes = num_classes
         start, n = _conv_plan(resolution)
@@ -165,7 +165,7 @@ class DCGANGenerator(nn.Module):
         self.ups = nn.ModuleList()
         for i in range(n):
             out = max(base * 2 ** (n - 2 - i), base // 2) if i < n - 1 else base
-            self.ups.append(nn.ConvTranspose2d(width, out, 4, 2, 1, bias=False))
+            self.ups.append(_upsample_2x(width, out, upsample))
             self.norms.append(ConditionalBatchNorm(out, bn_classes, spatial=True))
             width = out
         self.to_image = nn.Conv2d(width, channels, 3, 1, 1)
@@ -180,11 +180,22 @@ class DCGANGenerator(nn.Module):
         return torch.tanh(self.to_image(h))                                # [N, C, H, W]
 
 
+def _upsample_2x(c_in: int, c_out: int, mode: str) -> nn.Module:
+    """[N, c_in, s, s] -> [N, c_out, 2s, 2s]: a 4x4 stride-2 transposed conv, or nearest resize + 3x3 conv.
+
+    The transposed conv's kernel overlaps unevenly across output pixels (Odena et al. 2016), which shows as
+    checkerboard speckle; resizing first gives every output pixel the same footprint.
+    """
+    if mode == "transpose":
+        return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
+
+
 class DCGANDiscriminator(nn.Module):
     """n x (conv 4x4 stride 2, LeakyReLU) -> flatten -> linear logit; no normalisation (keeps R1 well defined)."""
 
     def __init__(self, channels: int, resolution: int, base: int, num_classes: int = 0, pack: int = 1,
-                 cond: str = "projection"):
+                 cond: str = "projection", norm: str = "none"):
         super().__init__()
         self.pack, self.num_classes = pack, num_classes
         self.concat = cond == "concat" and num_classes > 0
@@ -198,6 +209,10 @@ class DCGANDiscriminator(nn.Module):
         feat = width * start * start
         self.head = nn.Linear(feat, 1)
         self.embed = nn.Embedding(num_classes, feat) if num_classes and not self.concat else None
+        if norm == "spectral":   # every conv, the head and the projection embedding get spectral normalisation
+            for module in [*self.features, self.head, self.embed]:
+                if isinstance(module, (nn.Conv2d, nn.Linear, nn.Embedding)):
+                    nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.concat:   # one-hot label maps as extra input channels: [N, C + K, H, W]
@@ -213,7 +228,7 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
     if m.arch == "mlp":
         return MLPGenerator(m.latent_dim, list(m.g_hidden), shape, m.num_classes)
     return DCGANGenerator(m.latent_dim, cfg.data.channels, cfg.data.resolution, m.g_channels, m.num_classes,
-                          m.g_cond)
+                          m.g_cond, m.g_upsample)
 
 
 def build_discriminator(cfg: TrainConfig) -> nn.Module:
@@ -221,4 +236,5 @@ def build_discriminator(cfg: TrainConfig) -> nn.Module:
     if m.arch == "mlp":
         return MLPDiscriminator(shape, list(m.d_hidden), m.d_maxout, m.d_dropout, m.num_classes, m.pack,
                                 m.d_fourier, m.d_fourier_scale, m.d_cond)
-    return DCGANDiscriminator(cfg.data.channels, cfg.data.resolution, m.d_channels, m.num_classes, m.pack, m.d_cond)
+    return DCGANDiscriminator(cfg.data.channels, cfg.data.resolution, m.d_channels, m.num_classes, m.pack, m.d_cond,
+                              m.d_norm)

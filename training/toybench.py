@@ -186,7 +186,7 @@ def rejection_png(png: str | Path, seed: int) -> str:
 
 def _scored(samples: np.ndarray, modes: np.ndarray, std: float, seconds: float, png: str | Path | None) -> dict:
     """The yardsticks of one sample set plus its seconds; writes its scatter plot to ``png`` when given."""
-    from gan.imaging import scatter_png
+    from core.imaging import scatter_png
 
     result = {**evaluate(samples, modes, std), "seconds": seconds}
     if png is not None:
