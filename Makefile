@@ -3,15 +3,15 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := dataset-fashion-mnist chromium chromium-driver
+APT_PKGS := dataset-fashion-mnist chromium chromium-driver wrk
 
 .PHONY: setup system-deps run test train-demo clean
 
 setup: system-deps $(VENV)/.installed
 
-# Debian packages: the Fashion-MNIST IDX files and headless Chromium for the web-page test.
+# Debian packages: the Fashion-MNIST IDX files, headless Chromium for the web-page test, wrk for the load test.
 system-deps:
-	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null; then \
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null || ! command -v wrk >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS); fi
 
 # One virtual environment with every extra (train: torch==2.13.0 CPU build; serve; ray; dev).
