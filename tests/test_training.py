@@ -15,10 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import DataError
+from core.fmnist import FMNIST_DIR, read_idx
 from core.frechet import frechet_distance_features
+from core.image_folder import load_image_folder as load_folder
 from training import checkpoint as ckpt_io
-from training.config import FMNIST_DIR, DataConfig, make_config
-from training.data import DataError, load_data, load_folder, load_npz, read_idx, toy_modes
+from training.config import DataConfig, make_config
+from training.data import load_data, load_npz, toy_modes
 from training.loop import TrainingDiverged, generate, new_run_dir, sample_latents, train
 
 HAVE_FMNIST = Path(FMNIST_DIR, "train-images-idx3-ubyte.gz").exists()

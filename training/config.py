@@ -11,9 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+from core.fmnist import FMNIST_CLASSES, FMNIST_DIR  # noqa: F401  (FMNIST_CLASSES: until training/classifier.py imports core.fmnist)
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from core.imaging import tile_grid, to_uint8
+from core.onnx_runtime import ort_session
 from core.stats import read_stats
 from service.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, ONNX_FILE, ModelDirError, file_entry,
                               load_model_dir, validate_manifest)
@@ -214,14 +215,6 @@ def _rename_inputs(nodes, old: str, new: str) -> None:
 
 # ---------------------------------------------------------------- checks
 
-def _session(path: Path, provider: str = "CPUExecutionProvider"):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=[provider])
-
-
 def _latents(seed: int, n: int, latent_dim: int, num_classes: int) -> dict:
     rng = np.random.default_rng(seed)
     feed = {"z": rng.standard_normal((n, latent_dim), dtype=np.float32)}
@@ -238,7 +231,7 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict:
 
 def parity_check(generator: torch.nn.Module, onnx_path: Path, latent_dim: int, num_classes: int) -> dict:
     """onnxruntime CPU vs PyTorch (+ core.imaging.to_uint8) on fixed latents at batch 1, 7 and 512."""
-    sess = _session(onnx_path)
+    sess = ort_session(onnx_path)
     per_batch, worst_max, min_identical = {}, 0, 1.0
     for n in PARITY_BATCHES:
         feed = _latents(1000 + n, n, latent_dim, num_classes)
@@ -278,7 +271,7 @@ def fp16_check(fp32_path: Path, fp16_path: Path, latent_dim: int, num_classes: i
     import onnxruntime as ort
 
     feed = _latents(2024, FP16_CHECK_BATCH, latent_dim, num_classes)
-    ref = _session(fp32_path).run(["image"], feed)[0]
+    ref = ort_session(fp32_path).run(["image"], feed)[0]
     result = {"reference": "generator.onnx on CPUExecutionProvider", "batch": FP16_CHECK_BATCH,
               "tolerance": {"min_within_1": FP16_MIN_WITHIN_1}, "providers": {}}
     if generator is not None:
@@ -302,7 +295,7 @@ def fp16_check(fp32_path: Path, fp16_path: Path, latent_dim: int, num_classes: i
     providers = ["CPUExecutionProvider"] + [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
     for provider in providers:
         try:
-            got = _session(fp16_path, provider).run(["image"], feed)[0]
+            got = ort_session(fp16_path, provider).run(["image"], feed)[0]
         except Exception as exc:   # e.g. an fp16 op with no kernel on this provider
             result["providers"][provider] = {"skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
             continue
@@ -335,7 +328,7 @@ def write_samples(onnx_path: Path, path: Path, latent_dim: int, num_classes: int
 
     from service.latents import latents   # the service's (seed, index) -> z, so the grid is what it serves
 
-    sess = _session(onnx_path)
+    sess = ort_session(onnx_path)
     how = f"service.latents.latents(seed={SAMPLES_SEED}, start=0, count=rows*cols), row-major"
     if not num_classes:
         images = sess.run(["image"], {"z": latents(SAMPLES_SEED, 0, 64, latent_dim)})[0]

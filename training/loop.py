@@ -27,7 +27,7 @@ from core.imaging import save_png, scatter_png, tile_grid, to_uint8
 from core.frechet import frechet_distance_features
 from training import checkpoint as ckpt_io
 from training.config import TrainConfig
-from training.data import RealData, load_data
+from training.data import TrainingData, load_data
 from training.losses import d_loss, g_loss, r1_penalty
 from training.nets import build_discriminator, build_generator
 
@@ -172,7 +172,7 @@ def _cat_labels(a, b):
     return None if a is None else torch.cat([a, b])
 
 
-def discriminator_step(cfg: TrainConfig, st: TrainState, data: RealData, device, amp) -> dict:
+def discriminator_step(cfg: TrainConfig, st: TrainState, data: TrainingData, device, amp) -> dict:
     """One D update on a real batch and a fake batch (G frozen)."""
     B = cfg.optim.batch_size
     real, real_labels = data.sample(B, st.data_gen)
@@ -264,7 +264,7 @@ def fixed_latents(cfg: TrainConfig, n: int, device) -> tuple[torch.Tensor, torch
     return z, labels
 
 
-def write_samples(cfg: TrainConfig, G: nn.Module, data: RealData, path: Path, device) -> None:
+def write_samples(cfg: TrainConfig, G: nn.Module, data: TrainingData, path: Path, device) -> None:
     """A grid PNG of images, or a scatter PNG of the 2-D toy samples, from the fixed latents."""
     z, labels = fixed_latents(cfg, cfg.run.grid_size, device)
     out = generate(G, z, labels)
@@ -276,7 +276,7 @@ def write_samples(cfg: TrainConfig, G: nn.Module, data: RealData, path: Path, de
     save_png(tile_grid(to_uint8(out), ncol=ncol), path)
 
 
-def pixel_fd(cfg: TrainConfig, G: nn.Module, data: RealData, device) -> float:
+def pixel_fd(cfg: TrainConfig, G: nn.Module, data: TrainingData, device) -> float:
     """Cheap Frechet distance between real and generated pixels (or 2-D points), fd_samples each."""
     n = cfg.run.fd_samples
     gen = torch.Generator().manual_seed(cfg.run.seed + 999)
@@ -354,7 +354,7 @@ def _check_finite(stats: dict, step: int, last_ckpt: Path | None) -> None:
                                    f"Try a lower --lr-d/--lr-g or another --loss.")
 
 
-def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: RealData, best: bool = False) -> Path:
+def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: TrainingData, best: bool = False) -> Path:
     """Write a periodic checkpoint (and prune old ones), or checkpoints/best.pt."""
     state = st.to_checkpoint(cfg, data.class_names)
     if best:

@@ -117,7 +117,7 @@ def rejection_sample(fake: Sampler, d: nn.Module, n: int, cfg: RejectionConfig,
 def sample_with_rejection(G: nn.Module, data, train_cfg, n: int, cfg: RejectionConfig,
                           seed_offset: int = 777) -> tuple[np.ndarray, float]:
     """``n`` samples [n, ...] of an unconditional generator of ``train_cfg``'s run, filtered by a D* fitted to it
-    on ``data`` (a training.data.RealData); returns them as float32 numpy and the acceptance rate. Seeded from the
+    on ``data`` (a training.data.TrainingData); returns them as float32 numpy and the acceptance rate. Seeded from the
     run's seed, so it repeats exactly."""
     from training.loop import sample_latents
 
