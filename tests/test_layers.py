@@ -1,0 +1,169 @@
+"""The house's floors, checked on the source: every import (module level and inside functions, parsed with ast)
+points down the order core <- service <- evaluation <- training <- gan (the CLI) | tools, and no two modules of
+the project import each other in a circle. See docs/design.md, "Layers"."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOORS = {"core": 0, "service": 1, "evaluation": 2, "training": 3, "gan": 4, "tools": 4}
+TORCH_FREE = ("core", "service")             # floors that must not import torch (service: installable without it)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import statement in the file, relative ones resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{a.name}") for a in node.names]   # `from pkg import module`
+    return found
+
+
+def _project_files() -> list[Path]:
+    return sorted(p for floor in FLOORS for p in (ROOT / floor).rglob("*.py"))
+
+
+def _known_modules() -> set[str]:
+    return {_module_name(p) for p in _project_files()}
+
+
+def _edges() -> dict[str, set[tuple[int, str]]]:
+    """module -> {(line, project module it imports)}; names that are not project modules are dropped."""
+    known = _known_modules()
+    graph = {}
+    for path in _project_files():
+        targets = set()
+        for line, name in _imports(path):
+            while name and name not in known:           # `from core.imaging import tile_grid` -> core.imaging
+                name = name.rpartition(".")[0]
+            if name and name != _module_name(path):
+                targets.add((line, name))
+        graph[_module_name(path)] = targets
+    return graph
+
+
+def layer_violations(graph: dict[str, set[tuple[int, str]]]) -> list[str]:
+    """Every import that points up a floor or sideways to another package of the same floor."""
+    bad = []
+    for src, targets in graph.items():
+        top = src.split(".")[0]
+        for line, dst in sorted(targets):
+            other = dst.split(".")[0]
+            if other != top and FLOORS[other] >= FLOORS[top]:
+                bad.append(f"{src.replace('.', '/')}.py:{line} imports {dst} ({top} may import only "
+                           f"{', '.join(k for k, v in FLOORS.items() if v < FLOORS[top]) or 'nothing of the project'})")
+    return bad
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph as [a, b, ..., a], or None (iterative depth-first search)."""
+    state: dict[str, int] = {}                   # 1 = on the current path, 2 = finished
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        path, stack = [start], [iter(sorted(graph.get(start, ())))]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return None
+
+
+# ---------------------------------------------------------------- the checker checks itself
+
+def test_checker_sees_function_level_relative_and_from_imports(tmp_path, monkeypatch):
+    src = tmp_path / "training" / "x.py"
+    src.parent.mkdir()
+    src.write_text("import core.imaging\nfrom . import nets\n\ndef f():\n    from gan.cli import main\n"
+                   "    import service.modeldir as md\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    names = {n for _, n in _imports(src)}
+    assert {"core.imaging", "training.nets", "gan.cli", "gan.cli.main", "service.modeldir"} <= names
+
+
+def test_checker_flags_up_and_sideways_imports_and_cycles():
+    graph = {"core.a": {(3, "training.loop")}, "training.loop": {(1, "core.a")}, "gan.cli": {(9, "tools.toy_lab")},
+             "evaluation.x": {(2, "service.y")}}
+    bad = layer_violations(graph)
+    assert any(b.startswith("core/a.py:3 imports training.loop") for b in bad)
+    assert any(b.startswith("gan/cli.py:9 imports tools.toy_lab") for b in bad)      # sideways
+    assert not any(b.startswith("evaluation/x.py") for b in bad)                        # down is fine
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+# ---------------------------------------------------------------- the project
+
+def test_every_import_points_down_the_floors():
+    assert layer_violations(_edges()) == []
+
+
+def test_no_import_cycle_between_packages():
+    packages: dict[str, set[str]] = {}
+    for src, targets in _edges().items():
+        packages.setdefault(src.split(".")[0], set()).update(d.split(".")[0] for _, d in targets)
+    packages = {k: v - {k} for k, v in packages.items()}
+    assert find_cycle(packages) is None
+
+
+@pytest.mark.parametrize("floor", ["core", "evaluation", "training", "gan", "tools"])
+def test_no_import_cycle_between_modules_of_a_floor(floor):
+    """Within a package too (service/ has sampler <-> ray_sampler, function-level; left to its owner)."""
+    modules = {src: {d for _, d in t if d.split(".")[0] == floor} for src, t in _edges().items()
+               if src.split(".")[0] == floor}
+    cycle = find_cycle(modules)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_gan_package_is_the_cli_alone():
+    assert sorted(p.name for p in (ROOT / "gan").glob("*.py")) == ["__init__.py", "cli.py"]
+
+
+@pytest.mark.parametrize("floor", TORCH_FREE)
+def test_low_floors_do_not_import_torch(floor):
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in (ROOT / floor).rglob("*.py")
+           for line, name in _imports(p) if name.split(".")[0] == "torch"]
+    assert bad == []
+
+
+def test_service_imports_without_training_or_evaluation():
+    """Every service module imports in a fresh interpreter where training/ and evaluation/ cannot be found."""
+    modules = sorted(_module_name(p) for p in (ROOT / "service").rglob("*.py"))
+    code = ("import importlib, sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('training', 'evaluation', 'gan', 'torch'):\n"
+            "            raise ImportError(f'blocked: {name}')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"for m in {modules!r}:\n"
+            "    importlib.import_module(m)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
