@@ -242,6 +242,18 @@ def test_resume_equals_uninterrupted(tmp_path, preset):
     assert steps == list(range(1, 9))    # no step recorded twice
 
 
+def test_resume_after_a_kill_tore_the_last_stats_line(tmp_path):
+    """A kill mid-write leaves half a JSON line at the end of stats.jsonl; --resume must still work."""
+    part = train(_tiny("toy-ring", tmp_path, steps=5, ckpt_every=100))
+    stats = part / "stats.jsonl"
+    stats.write_text(stats.read_text() + '{"step": 6, "loss_d": 0.69, "lo')          # torn, no newline
+    cfg = ckpt_io.load_checkpoint(part).config
+    cfg.run.steps = 7
+    train(cfg, resume=part)
+    steps = [json.loads(line)["step"] for line in stats.read_text().splitlines()]
+    assert steps == list(range(1, 8))
+
+
 def test_checkpoint_is_self_describing_and_safe(tmp_path):
     run = train(_tiny("toy-ring", tmp_path, steps=3))
     path = ckpt_io.latest_checkpoint(run)

@@ -25,6 +25,7 @@ from torch import nn
 
 from core.imaging import save_png, scatter_png, tile_grid, to_uint8
 from core.frechet import frechet_distance_features
+from core.stats import read_stats
 from training import checkpoint as ckpt_io
 from training.config import TrainConfig
 from training.data import TrainingData, load_data
@@ -333,11 +334,12 @@ class Recorder:
 
 
 def _truncate_stats(path: Path, last_step: int) -> None:
-    """On resume, drop records past the checkpoint so stats.jsonl never holds a step twice."""
+    """On resume, drop records past the checkpoint so stats.jsonl never holds a step twice; a torn last line
+    (the run was killed mid-write) is dropped too, by the one tolerant reader, core.stats.read_stats."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = [row for row in read_stats(path) if row.get("step", 0) <= last_step]
+    path.write_text("".join(json.dumps(row) + "\n" for row in keep))
 
 
 def _fmt_time(seconds: float) -> str:
