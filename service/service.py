@@ -1,10 +1,11 @@
-"""BentoML services: ``Runtime`` (onnxruntime, adaptive batching) and ``GAN`` (the public HTTP API).
+"""The BentoML service ``GAN``: the public HTTP API, the onnxruntime engines and the micro-batcher in one worker.
 
-    bentoml serve service.service:GAN          # serves both; the front calls the runtime via bentoml.depends
+    bentoml serve service.service:GAN
 
-The front validates requests, turns them into rows (model, seed, index, label, truncation) and
-encodes the images on its own CPU worker(s); the runtime worker batches rows from many requests
-into one onnxruntime call. Settings: see service/settings.py (GAN_* env vars or --arg).
+A request is validated, turned into rows (model, seed, index, label, truncation), queued on the
+in-process micro-batcher (service/batcher.py), which merges rows of many requests into one engine
+call, and the images are encoded in the same worker. Settings: see service/settings.py (GAN_* env
+vars or --arg). Why one service and not a front + a batchable runtime: README "Serving design".
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import StrictBool, StrictInt, StrictStr
 from starlette.responses import Response
 
+from service.batcher import MicroBatcher, Overloaded
 from service.codecs import encode_batch, encode_gif, encode_strip
 from service.guard import RequestGuard
 from service.latents import MAX_SEED, random_labels
@@ -31,40 +33,17 @@ from service.settings import load_settings
 log = logging.getLogger("gan.service")
 SETTINGS = load_settings(vars(bentoml.use_arguments()))
 WEB_PAGE = Path(__file__).with_name("web") / "index.html"
+INLINE_ENCODE_PIXELS = 65536     # smaller answers are encoded on the event loop (a thread hop costs more)
 
 IMAGES_GENERATED = bentoml.metrics.Counter(
     name="gan_images_generated", documentation="images returned by /generate and /interpolate",
     labelnames=["model"])
 RUNTIME_BATCH_ROWS = bentoml.metrics.Histogram(
-    name="gan_runtime_batch_rows", documentation="rows per merged runtime call (adaptive batching)",
+    name="gan_runtime_batch_rows", documentation="rows per merged engine call (micro-batching)",
     buckets=SETTINGS.bucket_sizes())
 
 Label = Union[StrictInt, StrictStr]
 Seed = Annotated[StrictInt, Ge(0), Le(MAX_SEED)]
-
-
-@bentoml.service(name="gan-runtime", workers=SETTINGS.runtime_workers,
-                 traffic={"timeout": SETTINGS.timeout_s})
-class Runtime:
-    def __init__(self) -> None:
-        self.runtime = ModelRuntime(SETTINGS)
-
-    def __is_ready__(self) -> bool:
-        return self.runtime.ready
-
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
-    def render(self, rows: np.ndarray) -> np.ndarray:
-        RUNTIME_BATCH_ROWS.observe(len(rows))
-        return self.runtime.render(rows)
-
-    @bentoml.api
-    def interpolate(self, model_id: int, ends: list[list[int]], label: int, steps: int,
-                    truncation: float) -> np.ndarray:
-        return self.runtime.interpolate(model_id, [tuple(e) for e in ends], label, steps, truncation)
-
-    @bentoml.api
-    def describe(self) -> dict:
-        return self.runtime.describe()
 
 
 class RequestError(Exception):
@@ -82,30 +61,31 @@ def _error(field: str, message: str, status: int = 400) -> JSONResponse:
 web = FastAPI(title="GAN web page and info")
 
 
-@bentoml.service(name="gan", workers=SETTINGS.front_workers,
+@bentoml.service(name="gan", workers=SETTINGS.workers,
                  traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency})
 @bentoml.asgi_app(web, path="/")
 class GAN:
-    runtime = bentoml.depends(Runtime)
-
     def __init__(self) -> None:
-        self._info: dict | None = None
+        self.runtime = ModelRuntime(SETTINGS)
+        self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
 
-    async def __is_ready__(self) -> bool:
-        info = await self.runtime.to_async.describe()
-        return bool(info["ready"])
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
 
-    async def _models(self) -> list[dict]:
-        """Model descriptions from the runtime (fetched once it is ready, then cached)."""
-        if self._info is None:
-            info = await self.runtime.to_async.describe()
-            if not info["ready"]:
-                raise RequestError("model", f"models are not ready: {info['errors'] or 'still loading'}", 503)
-            self._info = info
-        return self._info["models"]
+    def _render_rows(self, rows: np.ndarray) -> np.ndarray:
+        """One merged engine call (runs in the batcher's engine thread)."""
+        RUNTIME_BATCH_ROWS.observe(len(rows))
+        return self.runtime.render(rows)
 
-    async def _pick(self, name: str | None) -> tuple[int, dict]:
-        models = await self._models()
+    def _models(self) -> list[dict]:
+        """Model descriptions, or a 503 naming every model that failed to load."""
+        if not self.runtime.ready:
+            failed = "; ".join(f"{ref}: {err}" for ref, err in self.runtime.errors.items())
+            raise RequestError("model", f"models are not ready: {failed or 'no model loaded'}", 503)
+        return self.runtime.describe()["models"]
+
+    def _pick(self, name: str | None) -> tuple[int, dict]:
+        models = self._models()
         if name is None:
             return 0, models[0]
         for i, m in enumerate(models):
@@ -129,14 +109,11 @@ class GAN:
     async def _render(self, model_id: int, model: dict, seed: int, n: int, labels: list[int], psi: float):
         rows = make_rows(model_id, seed, np.arange(n), labels, psi)
         try:
-            flat = await self.runtime.to_async.render(rows)
-        except bentoml.exceptions.BentoMLException as exc:
-            status = getattr(getattr(exc, "error_code", None), "value", 500)
-            if status == 503:
-                raise RequestError("n", "the batching latency budget was exceeded (server overloaded); retry", 503)
-            raise
+            flat = await self.batcher.submit(rows)
+        except Overloaded as exc:
+            raise RequestError("n", str(exc), 503) from None
         h, w, c = model["image_shape"]
-        return np.asarray(flat)[:, : h * w * c].reshape(n, h, w, c)
+        return flat[:, : h * w * c].reshape(n, h, w, c)
 
     @bentoml.api(route="/generate")
     async def generate(self, n: Annotated[StrictInt, Ge(1), Le(SETTINGS.max_n)] = 1, model: StrictStr | None = None,
@@ -150,14 +127,14 @@ class GAN:
                 raise RequestError("truncation", "truncation must be in (0, 1]")
             if format in ("png", "jpeg", "webp") and n > 1 and not grid:
                 raise RequestError("grid", f"format {format} returns one image: set grid=true, or use zip/npy")
-            model_id, info = await self._pick(model)
+            model_id, info = self._pick(model)
             ids = self._labels(info, labels, n)
             seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
             images = await self._render(model_id, info, seed, n, ids, truncation)
         except RequestError as exc:
             return _error(exc.field, str(exc), exc.status)
         names = [f"{info['name']}-{seed}-{i}.png" for i in range(n)]
-        body, media = await asyncio.to_thread(encode_batch, images, format, grid, names)
+        body, media = await _offload(images.size, encode_batch, images, format, grid, names)
         IMAGES_GENERATED.labels(model=info["name"]).inc(n)
         headers = {"X-Seed": str(seed), "X-Model": info["name"], "Cache-Control": "no-store"}
         if info["num_classes"]:
@@ -187,15 +164,15 @@ class GAN:
                 raise RequestError("indices", "give exactly two indices")
             if truncation <= 0:
                 raise RequestError("truncation", "truncation must be in (0, 1]")
-            model_id, info = await self._pick(model)
+            model_id, info = self._pick(model)
             if label is not None and not info["num_classes"]:
                 raise RequestError("label", f"model {info['name']!r} is unconditional: it takes no label")
             label_id = _label_id(info, label) if label is not None else 0
             ends = [[seeds[0], indices[0]], [seeds[1], indices[1]]]
-            frames = np.asarray(await self.runtime.to_async.interpolate(model_id, ends, label_id, steps, truncation))
+            frames = await asyncio.to_thread(self.runtime.interpolate, model_id, ends, label_id, steps, truncation)
         except RequestError as exc:
             return _error(exc.field, str(exc), exc.status)
-        body = await asyncio.to_thread(encode_gif if format == "gif" else encode_strip, frames)
+        body = await _offload(frames.size, encode_gif if format == "gif" else encode_strip, frames)
         IMAGES_GENERATED.labels(model=info["name"]).inc(steps)
         return Response(body, media_type="image/gif" if format == "gif" else "image/png",
                         headers={"X-Seeds": f"{seeds[0]},{seeds[1]}", "X-Model": info["name"]})
@@ -203,13 +180,18 @@ class GAN:
     @web.get("/info")
     async def info(self):
         """Models, their manifests and metrics, provider in use, batching limits and observed batch sizes."""
-        described = await self.runtime.to_async.describe()
+        described = self.runtime.describe()
         return {**described, "limits": {k: getattr(SETTINGS, k) for k in (
             "max_n", "max_steps", "max_concurrency", "timeout_s", "max_body_bytes")}}
 
     @web.get("/ui", response_class=HTMLResponse)
     def page(self):
         return HTMLResponse(WEB_PAGE.read_text())
+
+
+async def _offload(pixels: int, fn, *args):
+    """Run a CPU-bound encoder: inline when the answer is small, else in a thread so the loop keeps serving."""
+    return fn(*args) if pixels <= INLINE_ENCODE_PIXELS else await asyncio.to_thread(fn, *args)
 
 
 def _label_id(model: dict, label) -> int:

@@ -22,16 +22,16 @@ class ServeSettings(BaseModel):
     require_gpu: bool = Field(False, description="refuse to start without the CUDA provider")
     fp16: bool = Field(True, description="use generator.fp16.onnx on the GPU when the model has one")
     max_n: int = Field(64, ge=1, description="most images one /generate request may ask for")
-    max_batch_size: int = Field(256, ge=1, description="adaptive batching: most images per merged GPU batch")
-    max_latency_ms: int = Field(100, ge=1, description="adaptive batching latency budget; past it requests get 503")
+    max_batch_size: int = Field(256, ge=1, description="micro-batching: most images per merged engine call")
+    max_latency_ms: int = Field(100, ge=1, description="micro-batching budget: a request still waiting for the "
+                                                       "engine this long after it arrived gets 503")
     pad_to_buckets: bool = Field(True, description="pad merged batches to power-of-two sizes so only those "
                                                    "shapes are ever run (and warmed up)")
     max_concurrency: int = Field(64, ge=1, description="requests in flight before clients get 429")
     timeout_s: float = Field(30.0, gt=0, description="per-request time limit; past it clients get 504")
     max_body_bytes: int = Field(65536, ge=256, description="largest accepted request body; larger gets 413")
     max_steps: int = Field(64, ge=2, description="most frames one /interpolate request may ask for")
-    runtime_workers: int = Field(1, ge=1, description="runtime (GPU) worker processes")
-    front_workers: int = Field(1, ge=1, description="front (validation + encoding) worker processes")
+    workers: int = Field(1, ge=1, description="worker processes; each loads every model and batches on its own")
 
     @field_validator("models", mode="before")
     @classmethod
