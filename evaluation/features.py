@@ -4,11 +4,11 @@ through onnxruntime, and an optional user-supplied Inception-v3 (ONNX) for stand
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from core.onnx_runtime import default_threads, ort_session
 from evaluation.sources import EvaluationError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -16,19 +16,9 @@ CLASSIFIER_FILE, MANIFEST = "classifier.onnx", "manifest.json"
 BATCH = 1000
 
 
-def _threads() -> int:
-    """onnxruntime intra-op threads: GAN_EVAL_THREADS, else up to 4 cores."""
-    value = os.environ.get("GAN_EVAL_THREADS")
-    return max(1, int(value)) if value else min(4, os.cpu_count() or 1)
-
-
 def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = _threads()
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session with GAN_EVAL_THREADS (else up to 4) intra-op threads."""
+    return ort_session(path, "cpu", threads=default_threads("GAN_EVAL_THREADS"))
 
 
 def resolve_dir(path: str | Path) -> Path:
@@ -81,7 +71,8 @@ class Classifier:
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "sha256": self.sha256, "test_accuracy": self.manifest.get("test_accuracy"),
+        shown = self.path.relative_to(REPO_ROOT) if self.path.is_relative_to(REPO_ROOT) else self.path
+        return {"path": str(shown), "sha256": self.sha256, "test_accuracy": self.manifest.get("test_accuracy"),
                 "feature_dim": self.feature_dim, "features": "penultimate layer (128-d, after BatchNorm + ReLU)"}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from core.frechet import frechet_distance_features
 
 __all__ = ["frechet_distance_features", "mmd2_unbiased", "kid", "pairwise_sq_dists", "knn_radii",
-           "precision_recall", "class_coverage", "per_class_accuracy", "parzen_log_likelihoods",
+           "precision_recall", "class_coverage", "parzen_log_likelihoods",
            "parzen_select_sigma", "parzen", "nearest_neighbours", "PARZEN_SIGMAS"]
 
 CHUNK = 1024
@@ -129,19 +129,6 @@ def class_coverage(predicted: np.ndarray, num_classes: int, class_names: list[st
             "kl_uniform_max": math.log(num_classes), "min_share": float(p.min()), "min_share_class": names[smallest],
             "uniform_share": 1.0 / num_classes, "classes_present": int(nz.sum()),
             "missing_classes": [names[c] for c in range(num_classes) if not nz[c]]}
-
-
-def per_class_accuracy(predicted: np.ndarray, requested: np.ndarray, num_classes: int,
-                       class_names: list[str] | None = None) -> dict:
-    """For a conditional model: how often the classifier finds the class that was asked for."""
-    names = class_names or [str(c) for c in range(num_classes)]
-    per = {}
-    for c in range(num_classes):
-        mask = requested == c
-        per[names[c]] = float((predicted[mask] == c).mean()) if mask.any() else None
-    seen = [v for v in per.values() if v is not None]
-    return {"mean": float(np.mean(seen)) if seen else None, "overall": float((predicted == requested).mean()),
-            "per_class": per}
 
 
 # ---------------------------------------------------------------- Parzen window (the seed paper's Table 1)

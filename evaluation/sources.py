@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+from core.errors import DataError
+from core.fmnist import load_fmnist as load_split
+from core.image_folder import image_files
+
 LABEL_IN_NAME = re.compile(r"_c(\d+)$")            # the sampler's naming of conditional PNGs: 000000012_c3.png
 GEN_BATCH = 1000
 
@@ -40,8 +43,6 @@ class Samples:
 def load_fmnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST images uint8 [N, 28, 28, 1] and labels int64 [N] of the train or test split, read by the
     training reader (torch-free), its errors as EvaluationError."""
-    from training.data import DataError, load_fmnist as load_split
-
     try:
         images, labels = load_split(directory, split)
     except DataError as exc:
@@ -49,20 +50,6 @@ def load_fmnist(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarr
     if images.shape[1:] != (28, 28):
         raise EvaluationError(f"{directory}: {split} images {images.shape} are not Fashion-MNIST's [N, 28, 28]")
     return images[..., None], labels
-
-
-def data_fingerprint(directory: str | Path) -> str:
-    """Names, sizes and mtimes of the IDX files: a cache key that changes when the data does."""
-    from training.data import idx_file
-
-    directory = Path(directory)
-    parts = []
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
-        p = idx_file(directory, stem)
-        st = p.stat() if p.exists() else None
-        parts.append(f"{p.name}:{st.st_size if st else 0}:{int(st.st_mtime) if st else 0}")
-    return "|".join(parts)
 
 
 # ---------------------------------------------------------------- image checks
@@ -125,7 +112,7 @@ def _label_from_name(name: str) -> int | None:
 
 def load_folder(directory: Path, n: int, shape: tuple[int, int, int]) -> Samples:
     """The first n images (sorted by path) of a folder tree of PNG/JPEG files."""
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(directory)
     if not files:
         raise EvaluationError(f"{directory}: no images found (expected PNG or JPEG files, "
                               f"{shape[0]}x{shape[1]} grey)")

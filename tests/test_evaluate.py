@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from core.accuracy import per_class_accuracy
 from evaluation import metrics as M
 from evaluation.evaluate import EvaluationError, evaluate, real_data
 from evaluation.features import Classifier
@@ -28,6 +29,8 @@ from evaluation.sources import load_source
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSIFIER = REPO / "models" / "eval"
+ROBUST = REPO / "models" / "eval-robust"
+MILDEST_RISE = {"classifier": 1.0, "robust": 1.0, "pixels_pca": 1.0}     # calibrated below from measurements
 
 pytestmark = pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
                                 reason="apt-get install dataset-fashion-mnist")
@@ -134,7 +137,7 @@ def test_coverage_and_per_class_accuracy_hand_checked():
     assert cov["kl_uniform"] == pytest.approx(math.log(5)) and cov["min_share"] == 0.0
     assert cov["classes_present"] == 2 and len(cov["missing_classes"]) == 8
     assert M.class_coverage(np.arange(1000) % 10, 10)["kl_uniform"] == pytest.approx(0.0, abs=1e-12)
-    acc = M.per_class_accuracy(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
+    acc = per_class_accuracy(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
     assert acc["per_class"] == {"0": 1.0, "1": 0.5, "2": 1.0} and acc["overall"] == 0.75
 
 
@@ -191,6 +194,48 @@ def test_degradation_is_monotone(clf, real, kind, levels, precision_until):
     assert fd[-1] > 50 * fd[0] and kid[0] < 0.01 * kid[-1]
 
 
+def _checkerboard(images, amplitude):
+    """A period-2 checkerboard of +-amplitude grey levels: the transposed-convolution artefact."""
+    checker = ((np.arange(28)[:, None] + np.arange(28)[None, :]) % 2 * 2 - 1)[None, :, :, None]
+    return np.clip(images.astype(np.float64) + amplitude * checker, 0, 255).round().astype(np.uint8)
+
+
+# Levels of each degradation; the first is the clean image. Noise in grey levels (std), blur radius in pixels,
+# checkerboard amplitude in grey levels.
+LEVELS = {"noise": [0, 5, 10, 25, 50], "blur": [0, 0.5, 1.0, 1.5, 2.0], "checkerboard": [0, 4, 8, 16, 32]}
+
+
+@pytest.fixture(scope="module")
+def every_view(clf):
+    return real_data(clf, FMNIST, (Classifier(ROBUST),))
+
+
+@pytest.mark.parametrize("kind", list(LEVELS))
+def test_every_view_rises_steeply_with_degradation(every_view, kind):
+    """2000 test images, increasingly degraded, against 3000 training images, in every view (the classifier, the
+    robust classifier and pixel PCA): FD and KID rise at every step, and the mildest degradation already lifts FD
+    clearly above the clean images' (steep, not only monotone)."""
+    from evaluation.evaluate import view_metrics
+
+    rng = np.random.default_rng(5)
+    base, reference = every_view.test_images[:2000], every_view.train_images[every_view.floor_order[:3000]]
+    degraded = {"noise": lambda lv: _noise(base, lv, rng), "blur": lambda lv: _blur(base, lv),
+                "checkerboard": lambda lv: _checkerboard(base, lv)}[kind]
+    images = [degraded(level) for level in LEVELS[kind]]
+    table = {}
+    for name, ref in every_view.views.items():
+        ref3k = type(ref)(ref.view, ref.view.features(reference))
+        rows = [view_metrics(ref3k, ref.view.features(im), seed=0) for im in images]
+        fd = np.array([r["fd"] for r in rows])
+        kid = np.array([r["kid"]["mean"] for r in rows])
+        table[name] = fd
+        print(f"\n{kind} {LEVELS[kind]} {name}: FD {fd.round(3)} ({(fd / fd[0]).round(1)}x), KID {kid.round(5)}")
+        assert (np.diff(fd) > 0).all() and (np.diff(kid) > 0).all(), name
+        assert fd[1] > MILDEST_RISE[name] * fd[0], name
+        assert fd[-1] > 20 * fd[0], name
+    assert set(table) == {"classifier", "robust", "pixels_pca"}
+
+
 def test_one_class_generator_is_caught(real, tmp_path):
     """Real trousers only: perfect images, so precision stays high, but coverage and recall expose it."""
     trousers = real.train_images[real.train_labels == 1][:500]
@@ -213,8 +258,9 @@ def test_one_class_generator_is_caught(real, tmp_path):
 
 
 def test_floor_is_far_below_an_untrained_generator(tiny_models, real, tmp_path):
-    """Barely-trained (3 steps) exported models, evaluated in place (copies: the fixture is shared): the model
-    directory gets metrics.json, the report and plots, and its manifest lists them (the service still verifies it)."""
+    """Barely-trained (3 steps) exported models, evaluated with --update-model (copies: the fixture is shared): the
+    model directory gets metrics.json, the report and plots, and its manifest lists them (the service still verifies
+    it) with the headline numbers of every view."""
     import shutil
 
     from service.modeldir import load_model_dir
@@ -222,7 +268,8 @@ def test_floor_is_far_below_an_untrained_generator(tiny_models, real, tmp_path):
     results = {}
     for key in ("dc", "cdc"):
         model = shutil.copytree(tiny_models[key], tmp_path / key)
-        results[key] = r = evaluate(model, n=500, classifier=CLASSIFIER, data_dir=FMNIST, log=print)
+        results[key] = r = evaluate(model, n=500, classifier=CLASSIFIER, data_dir=FMNIST, log=print,
+                                    update_model=True)
         m, f = r["metrics"], r["floor"]
         print(key, {"fd": (m["fd"], f["fd"]), "kid": (m["kid"]["mean"], f["kid"]["mean"]),
                     "precision": (m["precision_recall"]["precision"], f["precision_recall"]["precision"]),
@@ -236,9 +283,33 @@ def test_floor_is_far_below_an_untrained_generator(tiny_models, real, tmp_path):
         for name in ("metrics.json", "report.md", "eval-classes.png"):
             assert name in md.files, name
         assert md.manifest["metrics"]["fd"] == m["fd"] and md.manifest["metrics"]["fd_floor"] == f["fd"]
+        for view in ("robust", "pixels_pca"):
+            assert md.manifest["metrics"][f"fd_{view}"] == m["views"][view]["fd"]
+            assert md.manifest["metrics"][f"fd_{view}"] > 20 * md.manifest["metrics"][f"fd_{view}_floor"], view
     assert "per_class_accuracy" in results["cdc"]["metrics"] and "per_class_accuracy" not in results["dc"]["metrics"]
     assert results["cdc"]["source"]["labels"] == "balanced"
     assert results["cdc"]["floor"]["per_class_accuracy"]["mean"] > 0.9      # the classifier on real test images
+
+
+def test_evaluate_leaves_the_model_directory_alone_by_default(tiny_models, tmp_path, monkeypatch):
+    """Without --out the report goes to ./eval-report/<model name>; every file of the model keeps its bytes, and
+    the report names no directory of this machine. --update-model with a non-model source is refused."""
+    import hashlib
+    import shutil
+
+    model = shutil.copytree(tiny_models["dc"], tmp_path / "tiny-dc")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    result = evaluate(model, n=300, classifier=CLASSIFIER, data_dir=FMNIST)
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model.iterdir()}
+    assert after == before
+    report = tmp_path / "eval-report" / "tiny-dc"
+    assert Path(result["report"]) == Path("eval-report/tiny-dc/report.md") and (report / "metrics.json").is_file()
+    text = (report / "report.md").read_text()
+    assert "not found" not in text and str(Path.home()) not in text and "/tmp" not in text.replace(str(model), "")
+    _write_pngs(tmp_path / "imgs", real_data(Classifier(CLASSIFIER), FMNIST).test_images[:200])
+    with pytest.raises(EvaluationError, match="--update-model: .* is not a model directory"):
+        evaluate(tmp_path / "imgs", n=200, classifier=CLASSIFIER, data_dir=FMNIST, update_model=True)
 
 
 # ---------------------------------------------------------------- sources give the service's images
@@ -297,6 +368,18 @@ def test_cli_exit_code_2_with_a_message(tmp_path):
         assert proc.stderr.startswith("gan evaluate: error: ") and match in proc.stderr, proc.stderr
 
 
+def test_cli_prints_a_summary_of_every_view(real, tmp_path):
+    folder = _write_pngs(tmp_path / "imgs", real.train_images[real.floor_order[-2500:-2200]])
+    proc = subprocess.run([sys.executable, "-m", "gan.cli", "evaluate", str(folder), "--n", "300", "--out",
+                           str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GAN_EVAL_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) < 15, proc.stdout
+    for title in ("classifier (models/eval)", "robust classifier", "pixels, 64 principal components"):
+        assert any(line.startswith(title) for line in lines), (title, proc.stdout)
+
+
 # ---------------------------------------------------------------- standard FID (Inception-v3, user-supplied)
 
 def _fake_inception(path: Path) -> Path:
@@ -331,10 +414,11 @@ INCEPTION = Path(os.environ.get("GAN_INCEPTION_WEIGHTS", REPO / "models" / "ince
 @pytest.mark.slow
 @pytest.mark.skipif(not INCEPTION.is_file(), reason="no Inception-v3 FID weights (set GAN_INCEPTION_WEIGHTS)")
 def test_standard_fid_with_real_inception_weights(real, tmp_path):
-    folder = _write_pngs(tmp_path / "imgs", real.train_images[real.floor_order[:500]])
+    # 500 real images that are not the floor's (the floor is the first 500 of the permutation): close to the floor
+    folder = _write_pngs(tmp_path / "imgs", real.train_images[real.floor_order[-2500:-2000]])
     result = evaluate(folder, n=500, out=tmp_path / "r", classifier=CLASSIFIER, data_dir=FMNIST,
                       inception_weights=INCEPTION)
-    assert result["metrics"]["fid_inception"] == pytest.approx(result["floor"]["fid_inception"], rel=1e-6)
+    assert result["metrics"]["fid_inception"] < 1.3 * result["floor"]["fid_inception"]
     blurred = _write_pngs(tmp_path / "blurred", _blur(real.test_images[:500], 1.5))
     result = evaluate(blurred, n=500, out=tmp_path / "r2", classifier=CLASSIFIER, data_dir=FMNIST,
                       inception_weights=INCEPTION)
