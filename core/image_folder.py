@@ -30,7 +30,8 @@ def fit_image(img, resolution: int, channels: int) -> np.ndarray:
     return arr[:, :, None] if channels == 1 else arr
 
 
-def load_image_folder(directory: str | Path, resolution: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_image_folder(directory: str | Path, resolution: int,
+                      channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images uint8 [N, H, W, C] (fitted to resolution and channels), labels int64 [N] and class names from a
     folder; subfolders, if any, are the classes (sorted by name; images at the top level get class 0)."""
     from PIL import Image, UnidentifiedImageError

@@ -156,7 +156,7 @@ def test_training_time_of_old_checkpoints_from_stats(runs, tmp_path):
     """Checkpoints from before train_seconds existed: the wall time is summed over resumed sessions' stats.jsonl."""
     import torch
     from training.checkpoint import load_checkpoint
-    from training.export import training_time
+    from training.checkpoint import training_time
     ck = load_checkpoint(runs["dcgan"])
     assert training_time(ck)["wall_time_s"] == round(ck.state["train_seconds"], 3)
     old = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
@@ -199,6 +199,27 @@ def test_fp16_check_runs_on_cpu(exported):
     diff = np.abs(ref.astype(int) - got.astype(int))
     assert (diff <= 1).mean() >= 0.99
     assert md.manifest["fp16"]["checked_on"][0] == "CPUExecutionProvider"
+
+
+def test_fp16_model_not_shipped_when_no_provider_could_check_it(runs, tmp_path, monkeypatch):
+    """An fp16 graph that no onnxruntime provider here can run is unchecked: it is not written, and the log and
+    the manifest say why (the fp32 model still ships)."""
+    real = ort.InferenceSession
+
+    def no_fp16_kernels(path, *args, **kwargs):
+        if str(path).endswith("generator.fp16.onnx"):
+            raise RuntimeError("NOT_IMPLEMENTED: no kernel for this fp16 op")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", no_fp16_kernels)
+    lines = []
+    path = export_model(runs["dcgan"], "no-fp16-check", out_dir=tmp_path, log=lines.append)
+    assert not (path / "generator.fp16.onnx").exists()
+    md = load_model_dir(path)
+    assert md.fp16_path is None and "generator.fp16.onnx" not in md.manifest["files"]
+    fp16 = md.manifest["fp16"]
+    assert fp16["exported"] is False and "no onnxruntime provider" in fp16["reason"]
+    assert any("generator.fp16.onnx not written" in line for line in lines), lines
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu + CUDA")

@@ -24,7 +24,7 @@ from toy_lab import make_generator, make_latents  # noqa: E402
 from training.config import make_config  # noqa: E402
 from training.data import load_data, toy_modes  # noqa: E402
 from training.rejection import RejectionConfig, fit_optimal_discriminator, rejection_sample  # noqa: E402
-from training.toybench import EVAL_SAMPLES, evaluate, nearest_mode  # noqa: E402
+from training.toybench import EVAL_SAMPLES, nearest_mode, score_modes  # noqa: E402
 
 
 def parse(overrides: list[str]) -> RejectionConfig:
@@ -69,11 +69,11 @@ def main(path: str, cfg: RejectionConfig) -> None:
     print(f"D* fitted in {time.time() - t0:.0f}s; logits on the modes: mean {logit[on].mean():.2f}, "
           f"max {logit[on].max():.2f}; on the bridges: mean {logit[far].mean():.2f}, "
           f"99th percentile {np.quantile(logit[far], 0.99) if far.any() else float('nan'):.2f}")
-    alone = evaluate(x[:EVAL_SAMPLES].numpy(), modes, std)
+    alone = score_modes(x[:EVAL_SAMPLES].numpy(), modes, std)
     print(f"G alone: {alone['modes']} modes, {alone['hq']:.1f}% HQ, KL {alone['kl']:.3f}, "
           f"off {100 * far[:EVAL_SAMPLES].mean():.1f}%")
     kept, rate = rejection_sample(fake, d_star, EVAL_SAMPLES, cfg, gen)
-    r = evaluate(kept.numpy(), modes, std)
+    r = score_modes(kept.numpy(), modes, std)
     _, dist = nearest_mode(kept.numpy(), modes)
     print(f"D* rejection: {r['modes']} modes, {r['hq']:.1f}% HQ, KL {r['kl']:.3f}, kept {100 * rate:.1f}%, "
           f"off {100 * (dist > 10 * std).mean():.1f}%")

@@ -6,7 +6,7 @@ docs/toy-benchmark.md; it is a research tool, not part of the service or the ben
     python tools/toy_lab.py ds=grid steps=8000 every=2000 loss=hinge        # key=value overrides of DEFAULTS
 
 Prints, every `every` steps, the EMA generator's modes captured / % high quality / reverse KL on the bench's
-2500 fixed latents (training.toybench.evaluate), two diagnostics of where precision is lost (`rms/std`: per-axis
+2500 fixed latents (training.toybench.score_modes), two diagnostics of where precision is lost (`rms/std`: per-axis
 RMS distance of the samples within 10 std of a mode, over the mode std, 1.0 for the true mixture; `off`: % of
 samples farther than 10 std from every mode, i.e. on the bridges G draws between modes), and the seconds so far.
 `save=PATH` keeps the final EMA generator and the settings for tools/drs_lab.py (D* rejection sampling).
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 from training.data import toy_modes  # noqa: E402
 from training.loop import lr_decay_factor, update_ema  # noqa: E402
 from training.losses import LOSSES, d_loss, g_loss, r1_penalty  # noqa: E402
-from training.toybench import evaluate, nearest_mode, recipe_for  # noqa: E402
+from training.toybench import nearest_mode, recipe_for, score_modes  # noqa: E402
 
 DEFAULTS = dict(
     ds="grid", steps=16000, every=2000, seed=0,
@@ -132,7 +132,7 @@ def main(a: dict) -> None:
         if step % a["every"] == 0:
             with torch.no_grad():
                 x = G_ema(z_fixed).numpy()                                        # [2500, 2]
-            r = evaluate(x, modes, std)
+            r = score_modes(x, modes, std)
             _, dist = nearest_mode(x, modes)
             near = dist[dist <= 10 * std]                                         # samples on some mode
             # rms is undefined (nan) when no sample is on any mode, e.g. at the very start.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.stats import read_stats
 from service.modeldir import file_sha256  # noqa: F401  (re-exported: one sha256 helper for all)
 from training.config import TrainConfig
 from training.nets import build_generator
@@ -96,3 +97,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is not the supported {FORMAT_VERSION}")
     return Checkpoint(path, TrainConfig.from_dict(state["config"]), int(state["step"]), state)
 
+
+def training_time(ck: Checkpoint) -> dict:
+    """Wall time and device of the training run behind a checkpoint, for the manifest.
+
+    Checkpoints written since these fields existed carry them; for older ones the wall time is summed from the run's
+    stats.jsonl (each resumed session restarts its ``elapsed_s`` clock) and the device is unknown (None).
+    """
+    if "train_seconds" in ck.state:
+        return {"wall_time_s": round(float(ck.state["train_seconds"]), 3), "device": ck.state.get("device") or None}
+    stats = Path(ck.path).resolve().parent.parent / "stats.jsonl"
+    total, last = 0.0, 0.0
+    if stats.is_file():
+        for row in read_stats(stats):
+            if "elapsed_s" not in row or row.get("step", 0) > ck.step:
+                continue
+            if row["elapsed_s"] < last:         # a resumed session: its clock started again from 0
+                total += last
+            last = row["elapsed_s"]
+    return {"wall_time_s": round(total + last, 3) if last else None, "device": None}

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.fmnist import FMNIST_CLASSES, FMNIST_DIR  # noqa: F401  (FMNIST_CLASSES: until training/classifier.py imports core.fmnist)
+# FMNIST_CLASSES is re-exported for training/classifier.py until it imports core.fmnist
+from core.fmnist import FMNIST_CLASSES, FMNIST_DIR  # noqa: F401
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:

@@ -265,7 +265,7 @@ def fixed_latents(cfg: TrainConfig, n: int, device) -> tuple[torch.Tensor, torch
     return z, labels
 
 
-def write_samples(cfg: TrainConfig, G: nn.Module, data: TrainingData, path: Path, device) -> None:
+def write_progress_grid(cfg: TrainConfig, G: nn.Module, data: TrainingData, path: Path, device) -> None:
     """A grid PNG of images, or a scatter PNG of the 2-D toy samples, from the fixed latents."""
     z, labels = fixed_latents(cfg, cfg.run.grid_size, device)
     out = generate(G, z, labels)
@@ -413,7 +413,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
                 recorder.record(scalars)
                 t_last, imgs_since = now, 0
             if dist_info.main and ((cfg.run.sample_every and st.step % cfg.run.sample_every == 0) or final):
-                write_samples(cfg, g_eval, data, run_dir / "samples" / f"step-{st.step:08d}.png", device)
+                write_progress_grid(cfg, g_eval, data, run_dir / "samples" / f"step-{st.step:08d}.png", device)
             if cfg.run.fd_every and (st.step % cfg.run.fd_every == 0 or final) and dist_info.main:
                 _record_fd(cfg, st, g_eval, data, run_dir, device)
             if st.step % cfg.run.ckpt_every == 0 or final or stop.signum:

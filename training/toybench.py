@@ -86,7 +86,7 @@ def reverse_kl(samples: np.ndarray, modes: np.ndarray) -> float:
     return _reverse_kl(nearest_mode(samples, modes)[0], len(np.asarray(modes).reshape(-1, 2)))
 
 
-def evaluate(samples: np.ndarray, modes: np.ndarray, std: float) -> dict:
+def score_modes(samples: np.ndarray, modes: np.ndarray, std: float) -> dict:
     """All three yardsticks of one sample set (the nearest modes computed once)."""
     idx, dist = nearest_mode(samples, modes)
     return {"modes": _modes_captured(idx, dist, std), "hq": _pct_high_quality(dist, std),
@@ -188,7 +188,7 @@ def _scored(samples: np.ndarray, modes: np.ndarray, std: float, seconds: float, 
     """The yardsticks of one sample set plus its seconds; writes its scatter plot to ``png`` when given."""
     from core.imaging import scatter_png
 
-    result = {**evaluate(samples, modes, std), "seconds": seconds}
+    result = {**score_modes(samples, modes, std), "seconds": seconds}
     if png is not None:
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         scatter_png(samples, modes, png,

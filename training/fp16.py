@@ -1,0 +1,101 @@
+"""The fp16 variant of an exported generator graph: fp16 weights and arithmetic up to the final Tanh, fp32 after.
+
+z stays a float32 input (cast inside the graph); the Tanh and the uint8 rounding run in fp32 (fp16's spacing of
+0.125 near 255 would move pixels by a grey level at random). The generators use only type-generic ops (Gemm,
+Conv, ConvTranspose, Relu, Gather, Concat, Reshape), so converting float initializers and constants is enough; the
+checker's type inference rejects anything that is not. (onnxruntime.transformers.float16 / onnxconverter-common's
+converter was tried: with the tail blocked it casts back to fp16 between every blocked node and writes inconsistent
+value_info.)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from training.onnx_export import ExportError
+
+
+def convert_fp16(model):
+    """An onnx.ModelProto -> its fp16 copy (see the module docstring); the input model is not changed."""
+    import onnx
+
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    graph = half.graph
+    body, tail = _split_at_last_tanh(list(graph.node))
+    tail_in = {i for n in tail for i in n.input}
+    _halve_initializers(graph, body, tail_in)
+    _halve_constants_and_casts(body)
+    head, bridge = _casts_around_body(body, tail, tail_in)
+    del graph.node[:]
+    graph.node.extend(head + body + bridge + tail)
+    del graph.value_info[:]                    # stale float32 annotations; shapes are re-inferred
+    try:
+        onnx.checker.check_model(half, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"fp16: the converted graph does not type-check ({exc}); export with --no-fp16") from exc
+    return half
+
+
+def _split_at_last_tanh(nodes: list) -> tuple[list, list]:
+    """(nodes before the final Tanh, the Tanh and everything after it)."""
+    tanh = [i for i, n in enumerate(nodes) if n.op_type == "Tanh"]
+    if not tanh:
+        raise ExportError("fp16: the graph has no final Tanh to split the fp16 body from the fp32 rounding")
+    return nodes[:tanh[-1]], nodes[tanh[-1]:]
+
+
+def _halve_initializers(graph, body: list, tail_in: set[str]) -> None:
+    """Float weights read by the body become fp16; one that the fp32 tail reads too gets an fp16 copy."""
+    from onnx import TensorProto, numpy_helper
+
+    body_in = {i for n in body for i in n.input}
+    extra = []
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or init.name not in body_in:
+            continue
+        arr = numpy_helper.to_array(init)
+        arr16 = arr.astype(np.float16)
+        if not np.isfinite(arr16).all():
+            raise ExportError(f"fp16: weight {init.name!r} has values beyond the fp16 range "
+                              f"(max |w| = {np.abs(arr).max():.4g}); export with --no-fp16")
+        if init.name in tail_in:
+            new_name = f"{init.name}__fp16"
+            extra.append(numpy_helper.from_array(arr16, new_name))
+            _rename_inputs(body, init.name, new_name)
+        else:
+            init.CopyFrom(numpy_helper.from_array(arr16, init.name))
+    graph.initializer.extend(extra)
+
+
+def _halve_constants_and_casts(body: list) -> None:
+    """Float Constant nodes become fp16 constants; Casts to float cast to fp16 instead."""
+    from onnx import TensorProto, numpy_helper
+
+    for n in body:
+        for a in n.attribute:
+            if n.op_type == "Constant" and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
+            elif n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+
+
+def _casts_around_body(body: list, tail: list, tail_in: set[str]) -> tuple[list, list]:
+    """The Cast of z into the fp16 body, and the Casts of every body output the fp32 tail reads."""
+    from onnx import TensorProto, helper
+
+    _rename_inputs(body, "z", "z_fp16")
+    head = [helper.make_node("Cast", ["z"], ["z_fp16"], name="cast_z_to_fp16", to=TensorProto.FLOAT16)]
+    produced = {o for n in body for o in n.output}
+    bridge = []
+    for name in sorted(tail_in & produced):
+        bridge.append(helper.make_node("Cast", [name], [f"{name}_fp32"], name=f"cast_{name}_to_fp32",
+                                       to=TensorProto.FLOAT))
+        _rename_inputs(tail, name, f"{name}_fp32")
+    return head, bridge
+
+
+def _rename_inputs(nodes, old: str, new: str) -> None:
+    for n in nodes:
+        for i, name in enumerate(n.input):
+            if name == old:
+                n.input[i] = new
