@@ -277,6 +277,16 @@ def _bench_parser(sub) -> None:
     smp.add_argument("--workers", type=int, default=0, help="sampler encoding processes (default: one per core)")
     smp.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
     smp.set_defaults(func=cmd_bench_sample)
+    http = bench.add_parser("http", help="the HTTP service against a do-nothing BentoML endpoint under wrk (loopback)",
+                            description="Start the project's server (batching on, then off) and a do-nothing BentoML "
+                                        "endpoint with the same request and response shape, one at a time on "
+                                        "127.0.0.1; load /generate with wrk (n=1 PNG and n=64 NPY at each "
+                                        "concurrency); write req/s, p50/p95/p99 and non-2xx by status to --out.")
+    http.add_argument("--seconds", type=float, default=4.0, help="seconds per load level (default: 4)")
+    http.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256],
+                      help="concurrency levels (default: 1 16 64 256)")
+    http.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
+    http.set_defaults(func=cmd_bench_http)
 
 
 def cmd_bench_toy(args) -> int:
@@ -292,6 +302,27 @@ def cmd_bench_toy(args) -> int:
     report = run_toy_bench(datasets=args.datasets, recipes=args.recipes, seeds=args.seeds,
                            baseline_seeds=args.baseline_seeds, steps=args.steps, out=args.out)
     print(report)
+    return 0
+
+
+def cmd_bench_http(args) -> int:
+    if not 0 < args.seconds <= 60 or any(not 1 <= c <= 1024 for c in args.concurrency):
+        raise CLIError("--seconds must be in (0, 60] and --concurrency values in 1..1024")
+    import datetime as dt
+
+    from service.httpbench import bench_http, markdown
+    from service.loadgen import LoadError
+    from training.benchmarks import machine, write_section
+
+    try:
+        results = bench_http(args.seconds, levels=tuple(args.concurrency))
+    except (LoadError, RuntimeError) as exc:
+        raise CLIError(str(exc)) from exc
+    command = "gan bench http " + " ".join(sys.argv[3:])
+    body = (f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, wrk 1 thread, "
+            f"{args.seconds:g} s per level, loopback.\n\nCommand: `{command.strip()}`\n\n" + markdown(results))
+    write_section(args.out, "HTTP service under load (gan bench http)", body)
+    print(body)
     return 0
 
 

@@ -41,8 +41,10 @@ class _Pending:
 class MicroBatcher:
     """``await submit(rows)`` -> ``run(rows)``'s output for those rows; ``run`` sees merged batches."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float,
+                 merge: bool = True):
         self.run, self.max_batch_size, self.budget_s = run, max_batch_size, max_latency_ms / 1000.0
+        self.merge = merge                  # False: one request per engine call (batching off)
         self._queue: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -87,6 +89,8 @@ class MicroBatcher:
                 continue
             batch.append(pending)
             size += len(pending.rows)
+            if not self.merge:
+                break
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:

@@ -52,6 +52,8 @@ class Engine:
         path = model.fp16_path if (use_cuda and self.options.fp16 and model.fp16_path) else model.onnx_path
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.options.intra_op_threads
+        # Idle engine threads sleep instead of spinning: the same cores serve HTTP and encode images.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         self.provider = self.session.get_providers()[0]

@@ -61,7 +61,8 @@ class ModelRuntime:
         self.engines: list[Engine] = []
         self.errors: dict[str, str] = {}
         self.stats = BatchStats()
-        options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, fp16=settings.fp16)
+        options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, fp16=settings.fp16,
+                                intra_op_threads=settings.engine_threads)
         for ref in settings.models:
             try:
                 model = load_model_dir(settings.resolve_model(ref))

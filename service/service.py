@@ -67,7 +67,8 @@ web = FastAPI(title="GAN web page and info")
 class GAN:
     def __init__(self) -> None:
         self.runtime = ModelRuntime(SETTINGS)
-        self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+        self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
+                                    merge=SETTINGS.batching)
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready

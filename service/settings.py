@@ -20,11 +20,16 @@ class ServeSettings(BaseModel):
                                           "tags (name:version); the first is the default")
     provider: str = Field("auto", description="onnxruntime provider: auto (CUDA when present), cuda or cpu")
     require_gpu: bool = Field(False, description="refuse to start without the CUDA provider")
+    engine_threads: int = Field(1, ge=0, description="onnxruntime CPU threads per model (0: one per core); one "
+                                                   "leaves the other cores to HTTP and encoding, and was the "
+                                                   "fastest on the 2-core machine of docs/benchmarks.md")
     fp16: bool = Field(True, description="use generator.fp16.onnx on the GPU when the model has one")
     max_n: int = Field(64, ge=1, description="most images one /generate request may ask for")
     max_batch_size: int = Field(256, ge=1, description="micro-batching: most images per merged engine call")
-    max_latency_ms: int = Field(100, ge=1, description="micro-batching budget: a request still waiting for the "
+    max_latency_ms: int = Field(1000, ge=1, description="micro-batching budget: a request still waiting for the "
                                                        "engine this long after it arrived gets 503")
+    batching: bool = Field(True, description="merge rows of concurrent requests into one engine call (false: "
+                                             "each request runs alone, for comparison)")
     pad_to_buckets: bool = Field(True, description="pad merged batches to power-of-two sizes so only those "
                                                    "shapes are ever run (and warmed up)")
     max_concurrency: int = Field(64, ge=1, description="requests in flight before clients get 429")

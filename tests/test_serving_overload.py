@@ -1,0 +1,43 @@
+"""Overload provoked on real servers: 503 past the batching budget, 504 past the timeout, each then serves again.
+
+(429 past max_concurrency: tests/test_service.py::test_http_429_past_max_concurrency.)
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import httpx
+
+
+def burst(url: str, body: dict, clients: int = 40) -> list[httpx.Response]:
+    with cf.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda _: httpx.post(url + "/generate", json=body, timeout=60), range(clients)))
+
+
+def served_after(url: str, tries: int = 5) -> httpx.Response:
+    """A lone n=1 request (retried a few times while the burst's leftovers drain)."""
+    for _ in range(tries):
+        r = httpx.post(url + "/generate", json={"n": 1, "seed": 3}, timeout=60)
+        if r.status_code == 200:
+            break
+    return r
+
+
+def test_503_past_the_batching_budget_then_served(tiny_models, start_server):
+    srv = start_server({"GAN_MODELS": str(tiny_models["dc"]), "GAN_MAX_LATENCY_MS": "20", "GAN_MAX_N": "64"})
+    responses = burst(srv.url, {"n": 64, "format": "npy"})
+    codes = [r.status_code for r in responses]
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}, codes
+    err = next(r for r in responses if r.status_code == 503)
+    assert err.headers["content-type"] == "application/json" and "budget" in err.json()["error"]
+    assert served_after(srv.url).status_code == 200
+
+
+def test_504_past_the_timeout_then_served(tiny_models, start_server):
+    srv = start_server({"GAN_MODELS": str(tiny_models["dc"]), "GAN_TIMEOUT_S": "0.2", "GAN_MAX_LATENCY_MS": "60000"})
+    responses = burst(srv.url, {"n": 64, "format": "zip"}, clients=48)
+    codes = [r.status_code for r in responses]
+    assert 504 in codes and set(codes) <= {200, 504}, codes
+    assert "error" in next(r for r in responses if r.status_code == 504).json()
+    assert served_after(srv.url).status_code == 200
+    assert httpx.get(srv.url + "/readyz").status_code == 200
