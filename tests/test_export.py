@@ -15,10 +15,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from core.fmnist import FMNIST_CLASSES, FMNIST_DIR
 from service.latents import latents
 from service.modeldir import LabelError, ModelDirError, load_model_dir, write_manifest
 from training.checkpoint import file_sha256, latest_checkpoint
-from training.config import FMNIST_CLASSES, FMNIST_DIR, make_config
+from training.config import make_config
 from training.export import ExportError, export_model
 from training.loop import train
 

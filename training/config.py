@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-# FMNIST_CLASSES is re-exported for training/classifier.py until it imports core.fmnist
-from core.fmnist import FMNIST_CLASSES, FMNIST_DIR  # noqa: F401
+from core.fmnist import FMNIST_DIR
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:

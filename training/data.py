@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DataError
-# idx_file and load_fmnist are re-exported for evaluation/sources.py until it imports core.fmnist
-from core.fmnist import FMNIST_CLASSES, idx_file, load_fmnist  # noqa: F401
+from core.fmnist import FMNIST_CLASSES, load_fmnist
 from core.image_folder import fit_image, load_image_folder
 from training.config import DataConfig
 
