@@ -287,6 +287,17 @@ def _bench_parser(sub) -> None:
                       help="concurrency levels (default: 1 16 64 256)")
     http.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
     http.set_defaults(func=cmd_bench_http)
+    eng = bench.add_parser("engine", help="onnxruntime against PyTorch eager on one model, batch 1..1024",
+                           description="Images/s and ms per call of onnxruntime (CPU with 1 and all threads; CUDA when "
+                                       "present) and PyTorch eager (forward + uint8 post-processing) at batch 1, 8, "
+                                       "64, 256, 1024; FLOPs per image, the machine's compute bound, and the offline "
+                                       "sampler to NPY against the engine; written to --out.")
+    eng.add_argument("model", nargs="?", default="models/fmnist-dcgan", help="model directory (default: models/fmnist-dcgan)")
+    eng.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"],
+                     help="auto: CPU, and CUDA when onnxruntime has it (default: auto)")
+    eng.add_argument("--sampler-count", type=int, default=20_000, help="images for the sampler run (default: 20000)")
+    eng.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
+    eng.set_defaults(func=cmd_bench_engine)
 
 
 def cmd_bench_toy(args) -> int:
@@ -323,6 +334,21 @@ def cmd_bench_http(args) -> int:
             f"{args.seconds:g} s per level, loopback.\n\nCommand: `{command.strip()}`\n\n" + markdown(results))
     write_section(args.out, "HTTP service under load (gan bench http)", body)
     print(body)
+    return 0
+
+
+def cmd_bench_engine(args) -> int:
+    if args.sampler_count < 1:
+        raise CLIError("--sampler-count: must be >= 1")
+    from service.modeldir import ModelDirError
+    from service.sampler import SampleError
+    from training.benchmarks import bench_engine
+
+    try:
+        print(bench_engine(args.model, args.provider, args.sampler_count, args.out,
+                           command="gan bench engine " + " ".join(sys.argv[3:])))
+    except (ModelDirError, SampleError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
     return 0
 
 

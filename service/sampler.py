@@ -25,13 +25,13 @@ import shutil
 import sys
 import tarfile
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from service.codecs import encode_image
+from service.codecs import encode_image, encode_npy
 from service.latents import MAX_SEED, random_labels
 from service.modeldir import ModelDir, load_model_dir
 from service.runtime import RANDOM_LABEL, ModelRuntime, make_rows
@@ -106,9 +106,9 @@ def labels_for(spec: SampleSpec, model: ModelDir, start: int, stop: int) -> np.n
 def encode_shard(fmt: str, images: np.ndarray, labels: np.ndarray, start: int, conditional: bool) -> dict[str, bytes]:
     """A shard's files as {relative name: bytes}; pure, so any worker gives the same bytes."""
     if fmt == "npy":
-        files = {"images": _npy(images)}
+        files = {"images": encode_npy(images)}
         if conditional:
-            files["labels"] = _npy(labels)
+            files["labels"] = encode_npy(labels)
         return files
     names = [f"{start + i:09d}" + (f"_c{labels[i]}" if conditional else "") + ".png" for i in range(len(images))]
     pngs = {name: encode_image(img, "png") for name, img in zip(names, images)}
@@ -121,12 +121,6 @@ def encode_shard(fmt: str, images: np.ndarray, labels: np.ndarray, start: int, c
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
     return {"tar": buf.getvalue()}
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- writing (atomic) and the index
@@ -284,7 +278,8 @@ def _run_local(runtime, spec: SampleSpec, out: Path, pending: list[int], options
         a, b = spec.shard_ranges()[k]
         progress.advance(b - a)
 
-    with ProcessPoolExecutor(workers) as pool:
+    # NPY encoding is a copy: a thread does it beside the engine; PNG encoding needs processes (the GIL).
+    with (ThreadPoolExecutor(1) if spec.format == "npy" else ProcessPoolExecutor(workers)) as pool:
         for k in pending:
             start, stop = spec.shard_ranges()[k]
             images, labels = render_shard(runtime, spec, start, stop, options.batch)

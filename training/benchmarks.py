@@ -102,3 +102,145 @@ def bench_sample(model: str, count: int = 100_000, naive_count: int = 2000, chec
             f"so PNG shards ran at {png / (cores * one_core):.0%} of it.")
     write_section(out, "Offline sampler (gan bench sample)", body)
     return body
+
+
+# ---------------------------------------------------------------- gan bench engine
+
+ENGINE_BATCHES = (1, 8, 64, 256, 1024)
+
+
+def _rate(fn, n: int, min_s: float = 0.2, trials: int = 3) -> tuple[float, float]:
+    """(images/s, ms per call) of fn() making n images: one warm-up call, then the best of ``trials`` timings
+    of >= min_s each (the best, because other processes on a shared machine only ever slow a trial down)."""
+    fn()
+    best = float("inf")
+    for _ in range(trials):
+        calls, t0 = 0, time.perf_counter()
+        while calls < 1 or time.perf_counter() - t0 < min_s:
+            fn()
+            calls += 1
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return n / best, 1000 * best
+
+
+def peak_gflops() -> float:
+    """The machine's float32 compute bound as numpy's BLAS reaches it (all cores): GFLOP/s of a 1024^3 matmul."""
+    a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    rate, ms = _rate(lambda: a @ a, 1)
+    return 2 * 1024 ** 3 / (ms / 1000) / 1e9
+
+
+def torch_generator(model_dir):
+    """(generator, how): the manifest's checkpoint when it is on this machine, else the same architecture
+    rebuilt from the manifest's training config (untrained weights: speed does not depend on their values)."""
+    from training.checkpoint import load_checkpoint
+    from training.config import TrainConfig
+    from training.nets import build_generator
+
+    checkpoint = model_dir.manifest.get("source", {}).get("checkpoint")
+    if checkpoint and Path(checkpoint).exists():
+        return load_checkpoint(checkpoint).generator(), f"checkpoint {checkpoint}"
+    config = (model_dir.manifest.get("training") or {}).get("config")
+    if not config:
+        raise ValueError(f"{model_dir.path}: the manifest has no training config to rebuild the generator from")
+    return build_generator(TrainConfig.from_dict(config)).eval(), "same architecture (checkpoint not on this machine)"
+
+
+def flops_per_image(generator, latent_dim: int, num_classes: int) -> float:
+    """Forward FLOPs of one image (PyTorch's FlopCounterMode: 2 per multiply-add of convs and matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    labels = torch.zeros(1, dtype=torch.long) if num_classes else None
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        generator(torch.zeros(1, latent_dim), labels)
+    return float(counter.get_total_flops())
+
+
+def engine_rows(model_dir, providers: list[str], batches=ENGINE_BATCHES) -> list[tuple]:
+    """(engine, threads, batch, images/s, ms per call) for onnxruntime and PyTorch eager on one model."""
+    import torch
+
+    from service.engine import Engine, EngineOptions
+
+    rows, d, k = [], model_dir.latent_dim, model_dir.num_classes
+    generator, _ = torch_generator(model_dir)
+    for provider in providers:
+        for threads in ((1, 0) if provider == "cpu" else (0,)):
+            engine = Engine(model_dir, EngineOptions(provider=provider, intra_op_threads=threads, fp16=False))
+            for b in batches:
+                z, labels = np.zeros((b, d), np.float32), (np.zeros(b, np.int64) if k else None)
+                rows.append((f"onnxruntime {engine.provider}", threads or os.cpu_count(), b,
+                             *_rate(lambda: engine.generate(z, labels), b)))
+    default_threads = torch.get_num_threads()
+    for threads in (1, default_threads):
+        torch.set_num_threads(threads)
+        for b in batches:
+            z, labels = torch.zeros(b, d), (torch.zeros(b, dtype=torch.long) if k else None)
+
+            def forward():
+                with torch.no_grad():
+                    return to_uint8(generator(z, labels).numpy())
+
+            rows.append(("PyTorch eager CPU", threads, b, *_rate(forward, b)))
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+def sampler_against_engine(model: str, model_dir, count: int) -> tuple[float, float]:
+    """(sampler -> NPY images/s, engine images/s): the engine makes the same number of images at batch 1024
+    just before and just after the sampler run (mean of the two), so both see the same machine load."""
+    from service.engine import Engine, EngineOptions
+    from service.sampler import SampleOptions, sample
+
+    engine = Engine(model_dir, EngineOptions(provider="cpu", intra_op_threads=1))
+    z = np.zeros((1024, model_dir.latent_dim), np.float32)
+    labels = np.zeros(1024, np.int64) if model_dir.num_classes else None
+    calls = max(1, round(count / 1024))
+
+    def engine_rate() -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            engine.generate(z, labels)
+        return calls * 1024 / (time.perf_counter() - t0)
+
+    engine.generate(z, labels)
+    before = engine_rate()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = sample(model, count, 0, Path(tmp) / "npy", fmt="npy", shard_size=min(count, 10_000),
+                         options=SampleOptions(batch=1024, progress=False, provider="cpu"))
+    return summary["images_per_s"], (before + engine_rate()) / 2
+
+
+def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000, out: str = "docs/benchmarks.md",
+                 command: str = "") -> str:
+    """Engine table (onnxruntime vs PyTorch eager), FLOPs per image and compute bound, sampler -> NPY against it."""
+    import onnxruntime as ort
+
+    from service.modeldir import load_model_dir
+
+    model_dir = load_model_dir(model)
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    providers = {"auto": ["cpu"] + (["cuda"] if cuda else []), "cpu": ["cpu"], "cuda": ["cuda"]}[provider]
+    rows = engine_rows(model_dir, providers)
+    generator, how = torch_generator(model_dir)
+    flops, peak = flops_per_image(generator, model_dir.latent_dim, model_dir.num_classes), peak_gflops()
+    sampler_rate, engine_rate = sampler_against_engine(model, model_dir, sampler_count)
+    best_cpu = max(r[3] for r in rows if r[0] == "onnxruntime CPUExecutionProvider" and r[2] == 1024)
+    table = ["| engine | threads | batch | images/s | ms per call |", "| --- | ---: | ---: | ---: | ---: |"]
+    table += [f"| {e} | {t} | {b} | {rate:,.0f} | {ms:.2f} |" for e, t, b, rate, ms in rows]
+    body = (f"Model `{model}` ({model_dir.name}), measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+            f"{machine()}; PyTorch weights: {how}. Each cell: one warm-up call, then the best of 3 timings of "
+            f">= 0.2 s (other processes on a shared machine only slow a timing down); "
+            f"PyTorch includes the same uint8 post-processing as the graph.\n\n"
+            f"Command: `{command or 'gan bench engine ' + model}`\n\n" + "\n".join(table) + "\n\n"
+            f"FLOPs per image: {flops / 1e6:,.1f} MFLOP. Compute bound: {peak:,.0f} GFLOP/s (numpy float32 1024^3 "
+            f"matmul, all cores) = {peak * 1e9 / flops:,.0f} images/s; best onnxruntime CPU at batch 1024 = "
+            f"{best_cpu:,.0f} images/s ({best_cpu * flops / peak / 1e9:.0%} of the bound).\n\n"
+            f"Offline sampler to NPY shards (`gan sample --format npy`, {sampler_count:,} images, batch 1024, CPU, "
+            f"the service's default of 1 engine thread): {sampler_rate:,.0f} images/s, against {engine_rate:,.0f} "
+            f"images/s of the bare engine making as many images at batch 1024 just before and after it (mean): "
+            f"{sampler_rate / engine_rate:.0%} "
+            f"(target >= 90%).")
+    write_section(out, "Engine: onnxruntime against PyTorch eager (gan bench engine)", body)
+    return body
