@@ -22,7 +22,8 @@ from core.image_folder import load_image_folder as load_folder
 from training import checkpoint as ckpt_io
 from training.config import DataConfig, make_config
 from training.data import load_data, load_npz, toy_modes
-from training.loop import TrainingDiverged, generate, new_run_dir, sample_latents, train
+from training.loop import TrainingDiverged, new_run_dir, train
+from training.sampling import generate, sample_latents
 
 HAVE_FMNIST = Path(FMNIST_DIR, "train-images-idx3-ubyte.gz").exists()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
@@ -345,6 +346,33 @@ def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
     print(f"pixel FD: untrained {fd_untrained:.1f}, trained {fd_trained:.1f}")
     assert fd_trained < 0.5 * fd_untrained
     assert (run / "samples" / "step-00000300.png").exists()
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="needs Fashion-MNIST")
+def test_best_checkpoint_is_ranked_in_the_evaluation_classifier_features(tmp_path):
+    """--fd-every records pixel and classifier FD; best.pt is the step with the lowest classifier FD."""
+    lines = []
+    run = train(_tiny("fmnist-dcgan", tmp_path, steps=6, fd_every=2, fd_samples=256, ckpt_every=100), log=lines.append)
+    rows = [r for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines()) if "classifier_fd" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6] and all(r["pixel_fd"] > 0 for r in rows)
+    best_row = min(rows, key=lambda r: r["classifier_fd"])
+    best = ckpt_io.load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best.step, best.state["best_by"]) == (best_row["step"], "classifier_fd")
+    assert best.state["best_fd"] == pytest.approx(best_row["classifier_fd"])
+    assert any("best.pt is chosen by FD in the features of" in line for line in lines), lines
+
+
+def test_best_checkpoint_falls_back_to_pixel_fd_with_a_reason(tmp_path):
+    lines = []
+    run = train(_tiny("toy-ring", tmp_path, steps=4, fd_every=2, fd_samples=256), log=lines.append)
+    rows = [json.loads(r) for r in (run / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "pixel_fd" in r] == [2, 4] and not any("classifier_fd" in r for r in rows)
+    assert ckpt_io.load_checkpoint(run / "checkpoints" / "best.pt").state["best_by"] == "pixel_fd"
+    assert any("chosen by pixel FD" in line and "28x28 grey" in line for line in lines), lines
+    from training.best_fd import load_fd_classifier
+    cfg = _tiny("fmnist-dcgan", tmp_path, fd_classifier=str(tmp_path / "no-classifier"))
+    classifier, why = load_fd_classifier(cfg)
+    assert classifier is None and "no-classifier" in why and "manifest.json missing" in why
 
 
 def test_linear_lr_decay_is_a_function_of_the_step(tmp_path):

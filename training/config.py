@@ -97,8 +97,13 @@ class RunConfig:
     ckpt_every: int = _f(1000, "steps between checkpoints (one is always written at the end)")
     keep_ckpts: int = _f(3, "how many periodic checkpoints to keep (0 = all)")
     grid_size: int = _f(64, "samples in each grid, from one fixed latent batch")
-    fd_every: int = _f(0, "steps between cheap pixel Frechet distance records (0 = off)")
-    fd_samples: int = _f(2000, "samples used by the cheap Frechet distance")
+    fd_every: int = _f(0, "steps between Frechet distance records (classifier features and pixels); also keeps "
+                          "checkpoints/best.pt at the lowest (0 = off: no best.pt)")
+    fd_samples: int = _f(2000, "samples used by the Frechet distances of --fd-every")
+    fd_classifier: str = _f("models/eval", "evaluation classifier (model directory) whose 128-d features rank "
+                                           "checkpoints for checkpoints/best.pt (FD against real training images); "
+                                           "pixel FD ranks them when it is empty, missing or the images are not "
+                                           "28x28 grey")
 
 
 @dataclass

@@ -18,19 +18,19 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from core.imaging import save_png, scatter_png, tile_grid, to_uint8
-from core.frechet import frechet_distance_features
 from core.stats import read_stats
 from training import checkpoint as ckpt_io
+from training.best_fd import FDJudge
 from training.config import TrainConfig
 from training.data import TrainingData, load_data
 from training.losses import d_loss, g_loss, r1_penalty
 from training.nets import build_discriminator, build_generator
+from training.sampling import generate, sample_latents
 
 
 class TrainingDiverged(RuntimeError):
@@ -100,6 +100,7 @@ class TrainState:
     data_gen: torch.Generator          # drives real-batch sampling, latents and fake labels
     step: int = 0
     best_fd: float = math.inf
+    best_by: str = ""                  # the FD best_fd was measured in (training.best_fd: pixel_fd or classifier_fd)
     train_seconds: float = 0.0         # wall time spent in the training loop, summed over resumed sessions
     device: str = ""                   # what trained it, e.g. "cpu" or "cuda: NVIDIA H100 80GB HBM3" (latest session)
 
@@ -111,7 +112,7 @@ class TrainState:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "best_fd": self.best_fd, "train_seconds": self.train_seconds, "device": self.device,
+            "best_fd": self.best_fd, "best_by": self.best_by, "train_seconds": self.train_seconds, "device": self.device,
         }
 
     def load_checkpoint(self, state: dict) -> None:
@@ -127,6 +128,7 @@ class TrainState:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step = int(state["step"])
         self.best_fd = float(state.get("best_fd", math.inf))
+        self.best_by = state.get("best_by") or ("pixel_fd" if math.isfinite(self.best_fd) else "")
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
 
@@ -161,13 +163,6 @@ def build_state(cfg: TrainConfig, device: torch.device, dist_info: Dist) -> Trai
 
 
 # ---------------------------------------------------------------- one step of Algorithm 1
-
-def sample_latents(cfg: TrainConfig, n: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """z [n, latent_dim] ~ N(0, I) and, for conditional models, uniform labels [n]."""
-    z = torch.randn(n, cfg.model.latent_dim, generator=gen)
-    labels = torch.randint(cfg.model.num_classes, (n,), generator=gen) if cfg.model.num_classes else None
-    return z.to(device), None if labels is None else labels.to(device)
-
 
 def _cat_labels(a, b):
     return None if a is None else torch.cat([a, b])
@@ -246,17 +241,6 @@ def grad_norm(module: nn.Module) -> float:
 
 # ---------------------------------------------------------------- samples and cheap FD
 
-@torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, labels, batch: int = 1024) -> np.ndarray:
-    """Run G in eval mode over z in chunks; float32 numpy [N, *sample_shape]."""
-    was_training = G.training
-    G.eval()
-    out = [G(z[i:i + batch], None if labels is None else labels[i:i + batch]).float().cpu()
-           for i in range(0, len(z), batch)]
-    G.train(was_training)
-    return torch.cat(out).numpy()
-
-
 def fixed_latents(cfg: TrainConfig, n: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same latent batch for every grid of a run (labels cycle through the classes, row by row)."""
     gen = torch.Generator().manual_seed(cfg.run.seed + 12345)
@@ -275,16 +259,6 @@ def write_progress_grid(cfg: TrainConfig, G: nn.Module, data: TrainingData, path
         return
     ncol = cfg.model.num_classes or None
     save_png(tile_grid(to_uint8(out), ncol=ncol), path)
-
-
-def pixel_fd(cfg: TrainConfig, G: nn.Module, data: TrainingData, device) -> float:
-    """Cheap Frechet distance between real and generated pixels (or 2-D points), fd_samples each."""
-    n = cfg.run.fd_samples
-    gen = torch.Generator().manual_seed(cfg.run.seed + 999)
-    real, _ = data.sample(n, gen)
-    z, labels = sample_latents(cfg, n, gen, device)
-    fake = generate(G, z, labels)
-    return frechet_distance_features(real.reshape(n, -1).numpy(), fake.reshape(n, -1))
 
 
 # ---------------------------------------------------------------- the loop
@@ -384,6 +358,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
     last_ckpt = ckpt_io.latest_checkpoint(run_dir) if resume else None
     G_plain = _unwrap(st.G)
     st.device = describe_device(device)
+    judge = FDJudge(cfg, data, device, recorder.log) if cfg.run.fd_every and dist_info.main else None
     t_last, imgs_since = time.perf_counter(), 0
     t_step = t_last
 
@@ -414,8 +389,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
                 t_last, imgs_since = now, 0
             if dist_info.main and ((cfg.run.sample_every and st.step % cfg.run.sample_every == 0) or final):
                 write_progress_grid(cfg, g_eval, data, run_dir / "samples" / f"step-{st.step:08d}.png", device)
-            if cfg.run.fd_every and (st.step % cfg.run.fd_every == 0 or final) and dist_info.main:
-                _record_fd(cfg, st, g_eval, data, run_dir, device)
+            if judge is not None and (st.step % cfg.run.fd_every == 0 or final):
+                _record_fd(cfg, st, judge, g_eval, data, run_dir)
             if st.step % cfg.run.ckpt_every == 0 or final or stop.signum:
                 if dist_info.main:
                     last_ckpt = save(cfg, st, run_dir, data)
@@ -426,13 +401,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
     return run_dir
 
 
-def _record_fd(cfg, st: TrainState, g_eval, data, run_dir: Path, device) -> None:
-    """Log the cheap pixel FD and keep checkpoints/best.pt at its minimum."""
-    fd = pixel_fd(cfg, g_eval, data, device)
+def _record_fd(cfg, st: TrainState, judge: FDJudge, g_eval, data, run_dir: Path) -> None:
+    """Log the FDs and keep checkpoints/best.pt at the minimum of the judge's metric (a best.pt ranked in another
+    space, e.g. by pixel FD before a classifier was available, is replaced by the first new measurement)."""
+    fds = judge.measure(g_eval)
     with open(run_dir / "stats.jsonl", "a") as fh:
-        fh.write(json.dumps({"step": st.step, "pixel_fd": fd}) + "\n")
-    if fd < st.best_fd:
-        st.best_fd = fd
+        fh.write(json.dumps({"step": st.step, **fds}) + "\n")
+    fd = fds[judge.metric]
+    if st.best_by != judge.metric or fd < st.best_fd:
+        st.best_fd, st.best_by = fd, judge.metric
         save(cfg, st, run_dir, data, best=True)
 
 

@@ -119,7 +119,7 @@ def sample_with_rejection(G: nn.Module, data, train_cfg, n: int, cfg: RejectionC
     """``n`` samples [n, ...] of an unconditional generator of ``train_cfg``'s run, filtered by a D* fitted to it
     on ``data`` (a training.data.TrainingData); returns them as float32 numpy and the acceptance rate. Seeded from the
     run's seed, so it repeats exactly."""
-    from training.loop import sample_latents
+    from training.sampling import sample_latents
 
     if train_cfg.model.num_classes:
         raise ValueError("rejection sampling supports unconditional generators only")

@@ -151,7 +151,8 @@ def run_one(dataset: str, recipe: str | dict, seed: int, steps: int | None = Non
     from training.checkpoint import load_checkpoint
     from training.config import make_config
     from training.data import load_data, toy_modes
-    from training.loop import fixed_latents, generate, train
+    from training.loop import fixed_latents, train
+    from training.sampling import generate
 
     tmp = Path(tempfile.mkdtemp(prefix="toybench-", dir=scratch))
     try:
