@@ -17,8 +17,21 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------- gan train
 
+def _preset_defaults(section: str, name: str, default) -> str:
+    """"default: X" when every preset keeps the field's default, else each preset's own value."""
+    from training.config import PRESETS, make_config
+
+    by_value: dict[str, list[str]] = {}
+    for preset in PRESETS:
+        value = getattr(getattr(make_config(preset), section), name)
+        by_value.setdefault(json.dumps(value), []).append(preset)
+    if list(by_value) == [json.dumps(default)]:
+        return f"default: {default}"
+    return "default by preset: " + "; ".join(f"{', '.join(presets)} {json.loads(v)}" for v, presets in by_value.items())
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field, with its documentation and dataclass default."""
+    """One --flag per TrainConfig field, with its documentation and each preset's own default."""
     from training.config import SECTION_CLASSES, SECTION_NAMES
     import dataclasses
 
@@ -27,7 +40,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} (default: {default})"
+            help_text = f"{f.metadata['help']} ({_preset_defaults(section, f.name, default)})"
             kwargs = {"dest": f.name, "default": None, "help": help_text}
             if isinstance(default, bool):
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
@@ -41,19 +54,21 @@ def _train_parser(sub) -> None:
     from training.config import PRESETS
 
     p = sub.add_parser("train", help="train a GAN (writes runs/NNNNN-name/)",
-                       description="Train G and D. Presets set their own values; flags override them; "
-                                   "--dry-run prints the resolved config.")
+                       description="Train G and D. Each preset sets its own values (shown per option as "
+                                   "'default by preset' where they differ); flags override them; --dry-run prints "
+                                   "the resolved config.")
     p.add_argument("--preset", default="fmnist-dcgan", choices=list(PRESETS),
                    help="named recipe to start from (default: fmnist-dcgan)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint "
                    "(flags such as --steps may extend it)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit (fields "
+                   "that the chosen architecture, data and settings ignore are left out)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
-    from training.config import apply_overrides, field_index, make_config, validate
+    from training.config import apply_overrides, effective_dict, field_index, make_config, validate
 
     overrides = {name: getattr(args, name) for name in field_index() if getattr(args, name) is not None}
     try:
@@ -67,7 +82,7 @@ def cmd_train(args) -> int:
     except (ValueError, OSError) as exc:
         raise CLIError(str(exc)) from exc
     if args.dry_run:
-        print(cfg.to_json())
+        print(json.dumps(effective_dict(cfg), indent=2, sort_keys=True))
         return 0
     from training.data import DataError
     from training.loop import TrainingDiverged, TrainingInterrupted, train
@@ -370,7 +385,7 @@ def cmd_bench_sample(args) -> int:
 # ---------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gan", description="Train, export, serve and sample GAN image generators.")
+    parser = ArgParser(prog="gan", description="Train, export, serve and sample GAN image generators.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _export_parser(sub)
@@ -381,9 +396,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Deferred(Exception):
+    """Raised instead of exiting while main() looks for unknown flags first."""
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse with no abbreviations and one-line errors (exit 2); every subparser is one too."""
+
+    looking_for_unknown_flags = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})    # --step must not silently mean --steps
+
+    def error(self, message: str):
+        if ArgParser.looking_for_unknown_flags:
+            raise _Deferred(message)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser, path=()):
+    """(parser, (subcommand dests and names chosen to reach it)) for the parser and every (nested) subparser."""
+    yield parser, path
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommand_parsers(sub, path + ((action.dest, name),))
+
+
+def _reject_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Before the real parse (whose "required" errors would come first): an unknown flag is answered by the
+    subcommand it was given to, with the closest valid flag, in one line, exit 2."""
+    import difflib
+
+    required = [a for sub, _ in _subcommand_parsers(parser) for a in sub._actions if a.required]
+    ArgParser.looking_for_unknown_flags = True
+    try:
+        for a in required:
+            a.required = False
+        args, extra = parser.parse_known_args(argv)
+    except _Deferred:                   # another error (a bad value): the real parse reports it
+        return
+    finally:
+        ArgParser.looking_for_unknown_flags = False
+        for a in required:
+            a.required = True
+    if not extra:
+        return
+    chosen = parser
+    for sub, path in _subcommand_parsers(parser):
+        if path and all(getattr(args, dest, None) == name for dest, name in path):
+            chosen = sub
+    flags = [s for a in chosen._actions for s in a.option_strings if s.startswith("--")]
+    said = []
+    for x in extra:
+        close = difflib.get_close_matches(x.split("=")[0], flags, n=1, cutoff=0.6) if x.startswith("-") else []
+        said.append(f"{x} (did you mean {close[0]}?)" if close else x)
+    chosen.error(f"unrecognized arguments: {', '.join(said)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    _reject_unknown_flags(parser, argv)
     args = parser.parse_args(argv)
     args.argv = argv
     try:

@@ -28,7 +28,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for key, preset in (("dc", "fmnist-dcgan"), ("cdc", "fmnist-cdcgan")):
         cfg = make_config(preset, {"g_channels": 8, "d_channels": 8, "latent_dim": 16, "steps": 3, "limit": 256,
-                                   "batch_size": 16, "log_every": 1, "sample_every": 0,
+                                   "batch_size": 16, "log_every": 1, "sample_every": 0, "fd_every": 0,
                                    "out_dir": str(root / "runs")})
         out[key] = export_model(train(cfg), f"tiny-{key}", out_dir=root / "models", fp16=False)
     return out

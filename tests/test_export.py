@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-
 
 
 def _train(preset: str, overrides: dict, out: Path) -> Path:
-    base = {"steps": 2, "log_every": 1, "sample_every": 0, "out_dir": str(out)}
+    base = {"steps": 2, "log_every": 1, "sample_every": 0, "fd_every": 0, "out_dir": str(out)}
     if preset not in ("toy-ring", "toy-grid"):
         base["limit"] = 256
     return train(make_config(preset, {**base, **overrides}), log=lambda msg: None)
@@ -346,6 +346,39 @@ def test_failed_parity_leaves_nothing(runs, exported, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="parity check failed"):
         export_model(runs["dcgan"], "bad", out_dir=tmp_path, log=lambda m: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_bring_your_own_onnx_generator(tmp_path):
+    """README, "Bring your own model": an ONNX graph made without this project's training (here by onnx.helper),
+    plus a manifest written by service.modeldir.write_manifest with the required keys, is a model directory the
+    service's loader and engine accept."""
+    from onnx import TensorProto, helper, numpy_helper
+    from service.engine import Engine, EngineOptions
+
+    w = np.random.default_rng(0).standard_normal((4, 28 * 28)).astype(np.float32) * 0.5
+    consts = {"w": w, "one": np.float32(1), "half_scale": np.float32(127.5), "half": np.float32(0.5),
+              "lo": np.float32(0), "hi": np.float32(255), "shape": np.array([-1, 28, 28, 1], np.int64)}
+    nodes = [helper.make_node("MatMul", ["z", "w"], ["a"]), helper.make_node("Tanh", ["a"], ["t"]),
+             helper.make_node("Add", ["t", "one"], ["b"]), helper.make_node("Mul", ["b", "half_scale"], ["c"]),
+             helper.make_node("Add", ["c", "half"], ["d"]), helper.make_node("Floor", ["d"], ["e"]),
+             helper.make_node("Clip", ["e", "lo", "hi"], ["f"]), helper.make_node("Cast", ["f"], ["g"], to=TensorProto.UINT8),
+             helper.make_node("Reshape", ["g", "shape"], ["image"])]
+    graph = helper.make_graph(nodes, "byo", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 28, 28, 1])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model_dir = tmp_path / "byo"
+    model_dir.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_dir / "generator.onnx")
+    write_manifest(model_dir, {
+        "format_version": 1, "name": "byo", "version": "1", "created": "2026-01-01T00:00:00+00:00",
+        "latent_dim": 4, "num_classes": 0, "class_names": [], "image_shape": [28, 28, 1], "dtype": "uint8",
+        "opset": 17, "inputs": [{"name": "z", "dtype": "float32", "shape": ["batch", 4]}],
+        "outputs": [{"name": "image", "dtype": "uint8", "shape": ["batch", 28, 28, 1]}]})
+    md = load_model_dir(model_dir)
+    z = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    images = Engine(md, EngineOptions(provider="cpu")).generate(z)
+    expected = np.clip(np.floor((np.tanh(z @ w) + 1) * 127.5 + 0.5), 0, 255).astype(np.uint8).reshape(5, 28, 28, 1)
+    assert images.dtype == np.uint8 and np.array_equal(images, expected)
 
 
 # ---------------------------------------------------------------- CLI and BentoML (subprocesses)

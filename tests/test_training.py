@@ -184,8 +184,52 @@ def test_cli_dry_run_and_bad_flag():
     assert bad.returncode == 2 and "--batch-size: must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
     help_text = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--help"], capture_output=True,
                                text=True, check=True).stdout
-    for flag in ("--loss", "--d-steps", "--r1-gamma", "--ema-decay", "--resume", "--pack", "(default: 200)"):
+    for flag in ("--loss", "--d-steps", "--r1-gamma", "--ema-decay", "--resume", "--pack", "(default: 1)"):
         assert flag in help_text
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from gan.cli import main
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_help_shows_each_presets_own_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")                               # no line wrapping inside the help texts
+    _, out, _ = _cli(capsys, "train", "--help")
+    flat = " ".join(out.split())
+    assert "--steps STEPS generator steps to train in total (default by preset: toy-ring, toy-grid 3000; " \
+           "paper-mlp, fmnist-dcgan, fmnist-cdcgan 2000)" in flat
+    assert "--arch {mlp,dcgan} network family" in flat and "default by preset: toy-ring, toy-grid, paper-mlp mlp;" \
+           " fmnist-dcgan, fmnist-cdcgan dcgan" in flat
+    assert "(default: 200)" not in flat                                   # the dataclass default no preset uses
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--step", "5", "--dry-run"], "gan train: error: unrecognized arguments: --step (did you mean --steps?)"),
+    (["train", "--lr=0.1"], "gan train: error: unrecognized arguments: --lr=0.1 (did you mean --lr-g?)"),
+    (["bench", "toy", "--seed", "3"], "gan bench toy: error: unrecognized arguments: --seed (did you mean --seeds?)"),
+    (["export", "run", "--nme", "x"], "gan export: error: unrecognized arguments: --nme (did you mean --name?)"),
+])
+def test_cli_no_abbreviations_and_closest_flag_from_the_subcommand(capsys, argv, said):
+    rc, out, err = _cli(capsys, *argv)
+    assert rc == 2 and out == "" and err.startswith(said) and err.count("\n") == 1, err
+
+
+def test_cli_dry_run_leaves_out_what_the_architecture_ignores(capsys):
+    _, out, _ = _cli(capsys, "train", "--preset", "fmnist-dcgan", "--dry-run")
+    dc = json.loads(out)
+    assert "g_channels" in dc["model"] and not {"g_hidden", "d_maxout", "d_fourier", "g_cond"} & set(dc["model"])
+    _, out, _ = _cli(capsys, "train", "--preset", "paper-mlp", "--dry-run")
+    mlp = json.loads(out)
+    assert "g_hidden" in mlp["model"] and not {"g_channels", "g_upsample", "d_norm"} & set(mlp["model"])
+    assert "ema_decay" not in mlp["run"] and mlp["run"]["fd_every"] == 500
+    _, out, _ = _cli(capsys, "train", "--preset", "toy-ring", "--dry-run")
+    assert json.loads(out)["data"] == {"source": "ring"}
 
 
 def test_train_command_reproduces_the_config(capsys):
@@ -198,8 +242,9 @@ def test_train_command_reproduces_the_config(capsys):
     cmd = train_command(cfg)
     assert cmd.startswith("gan train --preset fmnist-cdcgan ") and "--no-ema" in cmd and "'a b'" in cmd
     assert "--loss" not in cmd                                    # equal to the preset: left out
+    from training.config import effective_dict
     assert main(shlex.split(cmd)[1:] + ["--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out) == cfg.to_dict()
+    assert json.loads(capsys.readouterr().out) == effective_dict(cfg)
 
 
 def test_run_dirs_are_numbered_never_reused(tmp_path):
@@ -215,7 +260,8 @@ def _tiny(preset: str, tmp_path: Path, **overrides):
     small = {"toy-ring": {}, "paper-mlp": {"g_hidden": [64], "d_hidden": [32], "d_maxout": 2, "limit": 512},
              "fmnist-dcgan": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16},
              "fmnist-cdcgan": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16}}[preset]
-    return make_config(preset, {**small, "out_dir": str(tmp_path), "log_every": 1, "sample_every": 0, **overrides})
+    return make_config(preset, {**small, "out_dir": str(tmp_path), "log_every": 1, "sample_every": 0, "fd_every": 0,
+                                **overrides})
 
 
 def _assert_same_state(a: dict, b: dict) -> None:

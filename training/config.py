@@ -163,13 +163,13 @@ PRESETS: dict[str, dict] = {
                   "d_maxout": 5, "d_dropout": 0.5},
         "loss": {"loss": "nonsaturating"},
         "optim": {"batch_size": 100, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
-        "run": {"steps": 2000, "ema": False},
+        "run": {"steps": 2000, "ema": False, "fd_every": 500},
     },
     "fmnist-dcgan": {
         "model": {"arch": "dcgan", "latent_dim": 64, "g_channels": 64, "d_channels": 64},
         "loss": {"loss": "nonsaturating"},
         "optim": {"batch_size": 64, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
-        "run": {"steps": 2000, "ema": True, "ema_decay": 0.999},
+        "run": {"steps": 2000, "ema": True, "ema_decay": 0.999, "fd_every": 500},
     },
     "fmnist-cdcgan": {
         "data": {"use_labels": True},
@@ -177,7 +177,7 @@ PRESETS: dict[str, dict] = {
                   "d_cond": "concat", "g_cond": "cbn"},
         "loss": {"loss": "nonsaturating"},
         "optim": {"batch_size": 64, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5},
-        "run": {"steps": 2000, "ema": True, "ema_decay": 0.999},
+        "run": {"steps": 2000, "ema": True, "ema_decay": 0.999, "fd_every": 500},
     },
 }
 
@@ -231,6 +231,36 @@ def train_command(cfg: TrainConfig) -> str:
         else:
             parts += [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def ignored_fields(cfg: TrainConfig) -> set[str]:
+    """Fields that have no effect on this config (the other architecture's widths, conditioning of an unconditional
+    model, image settings of the 2-D mixtures, FD settings with --fd-every 0, ...): ``gan train --dry-run`` leaves
+    them out."""
+    m = cfg.model
+    mlp_only = {"g_hidden", "d_hidden", "d_maxout", "d_dropout", "d_fourier", "d_fourier_scale"}
+    dcgan_only = {"g_channels", "d_channels", "g_upsample", "d_norm", "g_cond"}
+    ignored = dcgan_only if m.arch == "mlp" else mlp_only
+    if not m.num_classes:
+        ignored |= {"g_cond", "d_cond"}
+    if m.arch == "mlp" and not m.d_fourier:
+        ignored.add("d_fourier_scale")
+    if cfg.is_toy:
+        ignored |= {"path", "split", "resolution", "channels", "use_labels", "limit", "fd_classifier"}
+    elif cfg.data.source != "fmnist":
+        ignored.add("split")
+    if not cfg.run.fd_every:
+        ignored |= {"fd_samples", "fd_classifier"}
+    if not cfg.run.ema:
+        ignored.add("ema_decay")
+    return ignored
+
+
+def effective_dict(cfg: TrainConfig) -> dict:
+    """``cfg.to_dict()`` without the fields this config ignores (what ``gan train --dry-run`` prints)."""
+    ignored = ignored_fields(cfg)
+    return {k: ({f: v for f, v in sec.items() if f not in ignored} if isinstance(sec, dict) else sec)
+            for k, sec in cfg.to_dict().items()}
 
 
 def validate(cfg: TrainConfig) -> None:
