@@ -226,13 +226,21 @@ def _evaluate_parser(sub) -> None:
                                    "the real-data floor. --train-classifier trains and exports that classifier.")
     p.add_argument("source", nargs="?", help="model directory, BentoML tag, image folder or sampler output directory")
     p.add_argument("--n", type=int, default=10000, help="generated samples to evaluate (default: 10000)")
-    p.add_argument("--out", help="report directory (default: <model dir>/ for models, else ./eval-report)")
+    p.add_argument("--out", help="report directory (default: ./eval-report/<name>; the source is never written to)")
+    p.add_argument("--update-model", action="store_true",
+                   help="write the report into the model directory and the headline numbers into its manifest.json")
     p.add_argument("--classifier", default="models/eval", help="classifier model directory (default: models/eval)")
+    p.add_argument("--robust-classifier", default="models/eval-robust",
+                   help="the second classifier view, trained on degraded images (default: models/eval-robust; "
+                        "'none' leaves that view out)")
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST IDX directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated samples (default: 0)")
     p.add_argument("--inception-weights", metavar="PATH", help="local Inception-v3 FID weights: also report standard FID")
     p.add_argument("--train-classifier", action="store_true", help="train the feature classifier and export it to --classifier")
     p.add_argument("--epochs", type=int, default=8, help="classifier training epochs (default: 8)")
+    p.add_argument("--recipe", default="standard", choices=["standard", "robust"],
+                   help="classifier recipe for --train-classifier: standard (models/eval) or robust (another "
+                        "architecture trained on degraded images, models/eval-robust) (default: standard)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -252,13 +260,15 @@ def cmd_evaluate(args) -> int:
     if args.n < 2:
         raise CLIError("--n: must be >= 2")
     from evaluation.evaluate import EvaluationError, evaluate
+    from evaluation.report import summary_text
 
     try:
         metrics = evaluate(args.source, n=args.n, out=args.out, classifier=args.classifier, data_dir=args.data,
-                           seed=args.seed, inception_weights=args.inception_weights)
+                           seed=args.seed, inception_weights=args.inception_weights, update_model=args.update_model,
+                           robust_classifier=None if args.robust_classifier == "none" else args.robust_classifier)
     except EvaluationError as exc:
         raise CLIError(str(exc)) from exc
-    print(json.dumps(metrics, indent=2))
+    print(summary_text(metrics))
     return 0
 
 
