@@ -227,10 +227,15 @@ def _command_line() -> str:
 def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | None, command: str,
                     runtime_s: float, threads: int, workers: int = 1) -> str:
     """The Markdown report: definitions, setup, per-(dataset, recipe) means +- std, per-run rows."""
-    from training.config import make_config
-    from training.data import toy_modes
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows)) or ["grid"]
+    lines = (_md_definitions() + _md_setup(command, runtime_s, threads, workers)
+             + _md_recipes(recipes, datasets, steps) + _md_summary(rows) + _md_per_run(rows))
+    return "\n".join(lines) + "\n"
 
-    lines = [
+
+def _md_definitions() -> list[str]:
+    """Title, the setup of PacGAN and the metric definitions."""
+    return [
         "# Toy benchmark: mode collapse on the 2-D mixtures",
         "",
         "PacGAN's setup: 8 Gaussians on a ring of radius 1 (std 0.01) and 25 Gaussians on the grid "
@@ -251,6 +256,12 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
         "",
         "Published (PacGAN, grid of 25): PacGAN4 24.8 modes / 93.6% HQ / KL 0.04; plain GAN 17.3 / 94.8% / 0.70.",
         "",
+    ]
+
+
+def _md_setup(command: str, runtime_s: float, threads: int, workers: int) -> list[str]:
+    """Command, date, machine and runtime."""
+    return [
         "## Setup",
         "",
         f"- command: `{command}`",
@@ -263,7 +274,13 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
         "Recipes (flat overrides on the presets `toy-ring` / `toy-grid` of `training/config.py`):",
         "",
     ]
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows)) or ["grid"]
+
+
+def _md_recipes(recipes: dict[str, dict], datasets: list[str], steps: int | None) -> list[str]:
+    """One line per (recipe, dataset) with the resolved settings, and one per rejection-sampled recipe."""
+    from training.config import make_config
+
+    lines = []
     for name, recipe in recipes.items():
         for ds in datasets:
             o = recipe_for(recipe, ds)
@@ -278,9 +295,16 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
         if rejection is not None:
             lines.append(f"- `{name}{REJECTION_SUFFIX}`: the same runs' EMA generators, sampled through "
                          f"{_describe_rejection(rejection)}")
-    lines += ["", "## Summary (mean ± std over seeds)", "",
-              "| dataset | recipe | seeds | modes captured | % high quality | reverse KL | % kept | s/run |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    return lines
+
+
+def _md_summary(rows: list[dict]) -> list[str]:
+    """Means +- std over seeds per (dataset, recipe)."""
+    from training.data import toy_modes
+
+    lines = ["", "## Summary (mean ± std over seeds)", "",
+             "| dataset | recipe | seeds | modes captured | % high quality | reverse KL | % kept | s/run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["recipe"]), []).append(r)
@@ -291,15 +315,22 @@ def render_markdown(rows: list[dict], recipes: dict[str, dict], steps: int | Non
         kept = f"{100 * np.mean([r['accept'] for r in rs]):.1f}" if "accept" in rs[0] else "–"
         lines.append(f"| {ds} | {rc} | {len(rs)} | {mo[0]:.2f} ± {mo[1]:.2f} / {m} | {hq[0]:.1f} ± {hq[1]:.1f} "
                      f"| {kl[0]:.3f} ± {kl[1]:.3f} | {kept} | {sec:.1f} |")
-    lines += ["", "## Per run", "",
-              "| dataset | recipe | seed | modes captured | % high quality | reverse KL | % kept | s | plot |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    return lines
+
+
+def _md_per_run(rows: list[dict]) -> list[str]:
+    """One table row per run, with its scatter plot."""
+    from training.data import toy_modes
+
+    lines = ["", "## Per run", "",
+             "| dataset | recipe | seed | modes captured | % high quality | reverse KL | % kept | s | plot |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         m = len(toy_modes(r["dataset"])[0])
         kept = f"{100 * r['accept']:.1f}" if "accept" in r else "–"
         lines.append(f"| {r['dataset']} | {r['recipe']} | {r['seed']} | {r['modes']} / {m} | {r['hq']:.1f} "
                      f"| {r['kl']:.3f} | {kept} | {r['seconds']:.1f} | [png]({r['png']}) |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _bench_rows(ds: str, rc: str, seed: int, result: dict, png: str, log) -> list[dict]:
