@@ -142,7 +142,8 @@ def _serve_parser(sub) -> None:
                                    "be given as a GAN_<NAME> environment variable.")
     p.add_argument("--models", help="comma-separated model directories or BentoML tags; the first is the default "
                                     "(default: models/fmnist-dcgan,models/fmnist-cdcgan)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="onnxruntime provider (default: auto)")
     p.add_argument("--require-gpu", action="store_true", help="fail at start-up when CUDA is not available")
@@ -155,7 +156,7 @@ def _serve_parser(sub) -> None:
 def cmd_serve(args) -> int:
     import os
 
-    env = dict(os.environ)
+    env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ}      # no usage tracking unless the user turns it on
     for name in ("models", "provider", "max_batch_size", "max_latency_ms", "max_concurrency"):
         value = getattr(args, name)
         if value is not None:

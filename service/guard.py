@@ -19,13 +19,18 @@ class RequestGuard:
     schema violation gets a ``field`` taken from the first error's location.
     """
 
-    def __init__(self, app, max_body_bytes: int, fields: dict[str, set[str]]):
-        self.app, self.max_body_bytes, self.fields = app, max_body_bytes, fields
+    def __init__(self, app, max_body_bytes: int, fields: dict[str, set[str]], openapi=None):
+        self.app, self.max_body_bytes, self.fields, self.openapi = app, max_body_bytes, fields, openapi
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"] in ("/", "/docs.json"):
+            return await self._own_page(scope, send)
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.fields:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        ctypes = [v for k, v in scope["headers"] if k.lower() == b"content-type"]
+        if len(ctypes) > 1:
+            return await _reply(send, 400, "content-type", "send one Content-Type header, not several")
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             return await _reply(send, 415, "content-type",
@@ -44,8 +49,11 @@ class RequestGuard:
             if size > self.max_body_bytes:
                 return await _reply(send, 413, "body", f"request body over {self.max_body_bytes} bytes")
             more = message.get("more_body", False)
-        body, sent = b"".join(chunks), False
-        unknown = _unknown_fields(body, self.fields[scope["path"]])
+        body, sent = b"".join(chunks) or b"{}", False          # an empty body means all defaults
+        try:
+            unknown = _unknown_fields(body, self.fields[scope["path"]])
+        except RecursionError:
+            return await _reply(send, 400, "body", "JSON nested too deeply")
         if unknown:
             return await _reply(send, 400, unknown[0], f"unknown field {unknown[0]!r}; "
                                                        f"fields: {', '.join(sorted(self.fields[scope['path']]))}")
@@ -58,6 +66,19 @@ class RequestGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, _name_the_field(send))
+
+
+    async def _own_page(self, scope, send) -> None:
+        """``/``: a redirect to the project's page (BentoML's index loads a tag-manager script from the internet);
+        ``/docs.json``: the API contract as this server enforces it (service/contract.py)."""
+        if scope["path"] == "/":
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", b"/ui"), (b"content-length", b"0")]})
+            return await send({"type": "http.response.body", "body": b""})
+        body = json.dumps(self.openapi()).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
 
 
 def _unknown_fields(body: bytes, allowed: set[str]) -> list[str]:

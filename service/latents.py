@@ -13,6 +13,7 @@ from statistics import NormalDist
 import numpy as np
 
 MAX_SEED = 2**63 - 1
+MAX_INDEX = 2**63 - 1      # image indices i of (seed, i): the same range as seeds
 WORDS_PER_BLOCK = 4          # Philox-4x64 yields four uint64 per counter increment
 
 
@@ -26,6 +27,8 @@ def _raw_words(seed: int, start: int, count: int, words: int) -> np.ndarray:
     """uint64 [count, words]: the counter range of indices start .. start+count-1 under key ``seed``."""
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..{MAX_SEED}")
+    if not (0 <= start and start + count - 1 <= MAX_INDEX):
+        raise ValueError(f"indices must be in 0..{MAX_INDEX}")
     bitgen = np.random.Philox(key=seed)
     bitgen.advance(start * (words // WORDS_PER_BLOCK))   # advancing also drops any buffered words
     return bitgen.random_raw(count * words).reshape(count, words)

@@ -86,7 +86,11 @@ class ModelRuntime:
         return next(b for b in self.settings.bucket_sizes() if b >= n) if self.settings.pad_to_buckets else n
 
     def _run(self, model_id: int, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        """Engine call padded to a warmed bucket size; padding rows are dropped again."""
+        """Engine calls of at most max_batch_size rows, each padded to a warmed bucket size (padding dropped)."""
+        step = self.settings.max_batch_size
+        if len(z) > step:
+            return np.concatenate([self._run(model_id, z[i:i + step], None if labels is None else labels[i:i + step])
+                                   for i in range(0, len(z), step)])
         n, engine = len(z), self.engines[model_id]
         size = self._bucket(n)
         if size > n:
@@ -134,17 +138,28 @@ class ModelRuntime:
         return {
             "ready": self.ready,
             "errors": self.errors,
-            "models": [{"name": m.name, "version": m.version, "tag": m.tag, "path": str(m.path),
+            "models": [{"name": m.name, "version": m.version, "tag": m.tag,
                         "latent_dim": m.latent_dim, "num_classes": m.num_classes, "class_names": m.class_names,
                         "image_shape": list(m.image_shape), "sha256": m.sha256,
                         "provider": e.provider, "model_file": e.model_file,
-                        "manifest": m.manifest, "metrics": m.manifest.get("metrics", {})}
+                        "manifest": public_manifest(m.manifest), "metrics": m.manifest.get("metrics", {})}
                        for m, e in zip(self.models, self.engines)],
             "batching": {"max_batch_size": self.settings.max_batch_size,
                          "max_latency_ms": self.settings.max_latency_ms,
                          "pad_to_buckets": self.settings.pad_to_buckets,
                          "buckets": self.settings.bucket_sizes(), "observed": self.stats.summary()},
         }
+
+
+PRIVATE_MANIFEST_KEYS = ("source", "data", "command", "training")   # server paths, training host and command
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest as /info shows it: no server paths, no training command or host; training steps and time kept."""
+    public = {k: v for k, v in manifest.items() if k not in PRIVATE_MANIFEST_KEYS}
+    training = manifest.get("training") or {}
+    public["training"] = {k: training[k] for k in ("steps", "wall_time_s") if k in training}
+    return public
 
 
 def _runs(rows: np.ndarray):

@@ -10,27 +10,33 @@ vars or --arg). Why one service and not a front + a batchable runtime: README "S
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import bentoml
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")     # no usage tracking unless a user turns it back on
+
+import bentoml  # noqa: E402
 import numpy as np
-from annotated_types import Ge, Le, MaxLen, MinLen
+from annotated_types import Ge, Gt, Le, MaxLen, MinLen
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import StrictBool, StrictInt, StrictStr
 from starlette.responses import Response
 
 from service.batcher import MicroBatcher, Overloaded
+from service.contract import honest_openapi
 from service.codecs import encode_batch, encode_gif, encode_strip
 from service.guard import RequestGuard
-from service.latents import MAX_SEED, random_labels
+from service.latents import MAX_INDEX, MAX_SEED, random_labels
+from service.modeldir import LabelError
 from service.runtime import RANDOM_LABEL, ModelRuntime, make_rows
 from service.settings import load_settings
 
-log = logging.getLogger("gan.service")
+log = logging.getLogger("bentoml.gan")     # under "bentoml": BentoML's log configuration shows its INFO lines
 SETTINGS = load_settings(vars(bentoml.use_arguments()))
 WEB_PAGE = Path(__file__).with_name("web") / "index.html"
 INLINE_ENCODE_PIXELS = 65536     # smaller answers are encoded on the event loop (a thread hop costs more)
@@ -67,6 +73,8 @@ web = FastAPI(title="GAN web page and info")
 class GAN:
     def __init__(self) -> None:
         self.runtime = ModelRuntime(SETTINGS)
+        for model, engine in zip(self.runtime.models, self.runtime.engines):
+            log.info("model %s runs on %s (%s)", model.name, engine.provider, engine.model_file)
         self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
                                     merge=SETTINGS.batching)
 
@@ -94,8 +102,7 @@ class GAN:
                 return i, m
         raise RequestError("model", f"unknown model {name!r}; available: {', '.join(m['name'] for m in models)}", 404)
 
-    @staticmethod
-    def _labels(model: dict, labels, n: int) -> list[int]:
+    def _labels(self, model_id: int, model: dict, labels, n: int) -> list[int]:
         """Class ids for n images: RANDOM_LABEL each when none were given; one label applies to all."""
         if labels is None:
             return [RANDOM_LABEL] * n
@@ -104,8 +111,15 @@ class GAN:
         given = labels if isinstance(labels, list) else [labels]
         if len(given) not in (1, n):
             raise RequestError("labels", f"give one label or n = {n} labels, not {len(given)}")
-        ids = [_label_id(model, label) for label in given]
+        ids = [self._label_id(model_id, "labels", label) for label in given]
         return ids * n if len(ids) == 1 else ids
+
+    def _label_id(self, model_id: int, field: str, label) -> int:
+        """A class id, decimal string or class name -> class id (service.modeldir's one resolver), or a 400."""
+        try:
+            return self.runtime.models[model_id].label_index(label)
+        except LabelError as exc:
+            raise RequestError(field, str(exc)) from None
 
     async def _render(self, model_id: int, model: dict, seed: int, n: int, labels: list[int], psi: float):
         rows = make_rows(model_id, seed, np.arange(n), labels, psi)
@@ -119,17 +133,15 @@ class GAN:
     @bentoml.api(route="/generate")
     async def generate(self, n: Annotated[StrictInt, Ge(1), Le(SETTINGS.max_n)] = 1, model: StrictStr | None = None,
                        seed: Seed | None = None, labels: Union[Label, list[Label], None] = None,
-                       truncation: Annotated[float, Ge(0), Le(1)] = 1.0,
+                       truncation: Annotated[float, Gt(0), Le(1)] = 1.0,
                        format: Literal["png", "jpeg", "webp", "npy", "zip"] = "png",
                        grid: StrictBool = False) -> bytes:
         """Generate n images. Image (seed, i) is the same bytes however requests are batched."""
         try:
-            if truncation <= 0:
-                raise RequestError("truncation", "truncation must be in (0, 1]")
             if format in ("png", "jpeg", "webp") and n > 1 and not grid:
                 raise RequestError("grid", f"format {format} returns one image: set grid=true, or use zip/npy")
             model_id, info = self._pick(model)
-            ids = self._labels(info, labels, n)
+            ids = self._labels(model_id, info, labels, n)
             seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
             images = await self._render(model_id, info, seed, n, ids, truncation)
         except RequestError as exc:
@@ -150,25 +162,19 @@ class GAN:
         return [int(d) if i == RANDOM_LABEL else i for i, d in zip(ids, derived)]
 
     @bentoml.api(route="/interpolate")
-    async def interpolate(self, seeds: Annotated[list[Seed], MinLen(2), MaxLen(2)] | None = None,
-                          indices: list[Annotated[StrictInt, Ge(0)]] | None = None,
+    async def interpolate(self, seeds: Annotated[list[Seed], MinLen(2), MaxLen(2)],
+                          indices: Annotated[list[Annotated[StrictInt, Ge(0), Le(MAX_INDEX)]], MinLen(2), MaxLen(2)]
+                          = [0, 0],
                           model: StrictStr | None = None, label: Label | None = None,
                           steps: Annotated[StrictInt, Ge(2), Le(SETTINGS.max_steps)] = 16,
-                          truncation: Annotated[float, Ge(0), Le(1)] = 1.0,
+                          truncation: Annotated[float, Gt(0), Le(1)] = 1.0,
                           format: Literal["gif", "png"] = "gif") -> bytes:
         """Frames along the spherical path between latents (seeds[0], indices[0]) and (seeds[1], indices[1])."""
         try:
-            if seeds is None or len(seeds) != 2:
-                raise RequestError("seeds", "give exactly two seeds")
-            indices = indices if indices is not None else [0, 0]
-            if len(indices) != 2:
-                raise RequestError("indices", "give exactly two indices")
-            if truncation <= 0:
-                raise RequestError("truncation", "truncation must be in (0, 1]")
             model_id, info = self._pick(model)
             if label is not None and not info["num_classes"]:
                 raise RequestError("label", f"model {info['name']!r} is unconditional: it takes no label")
-            label_id = _label_id(info, label) if label is not None else 0
+            label_id = self._label_id(model_id, "label", label) if label is not None else 0
             ends = [[seeds[0], indices[0]], [seeds[1], indices[1]]]
             frames = await asyncio.to_thread(self.runtime.interpolate, model_id, ends, label_id, steps, truncation)
         except RequestError as exc:
@@ -195,23 +201,25 @@ async def _offload(pixels: int, fn, *args):
     return fn(*args) if pixels <= INLINE_ENCODE_PIXELS else await asyncio.to_thread(fn, *args)
 
 
-def _label_id(model: dict, label) -> int:
-    """A class id or class name -> class id, or RequestError naming 'labels'."""
-    names = model["class_names"]
-    if isinstance(label, int) and not isinstance(label, bool):
-        if 0 <= label < model["num_classes"]:
-            return label
-        raise RequestError("labels", f"class id {label} outside 0..{model['num_classes'] - 1}")
-    for i, name in enumerate(names):
-        if str(label).lower() == name.lower():
-            return i
-    raise RequestError("labels", f"unknown class {label!r}; classes: {', '.join(names)}")
-
-
 def _params(api) -> set[str]:
     """The JSON fields a BentoML API method takes (its input model's fields)."""
     return set(api.input_spec.model_fields)
 
 
+class ClientErrorsOnOneLine(logging.Filter):
+    """BentoML logs each rejected request (a client's 4xx) as an ERROR with a traceback: make it one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(getattr(exc, "error_code", None), "value", None)
+        if exc is not None and (type(exc).__name__ == "ValidationError" or (code is not None and code < 500)):
+            record.msg, record.args = "client error on %s: %s", (record.args[0] if record.args else "?",
+                                                                  " ".join(str(exc).split())[:300])
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsOnOneLine())
 GAN.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.max_body_bytes,
-                        fields={"/generate": _params(GAN.inner.generate), "/interpolate": _params(GAN.inner.interpolate)})
+                        fields={"/generate": _params(GAN.inner.generate), "/interpolate": _params(GAN.inner.interpolate)},
+                        openapi=functools.cache(lambda: honest_openapi(GAN.openapi_spec.asdict())))

@@ -87,6 +87,22 @@ def test_settings_env_and_arguments():
         ServeSettings(max_n=64, max_batch_size=16)
 
 
+def test_serve_listens_on_loopback_by_default_and_bentoml_has_the_safe_lower_bound():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from gan.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    for extra in ("serve", "gpu"):
+        spec = next(Requirement(r) for r in project["optional-dependencies"][extra] if r.startswith("bentoml"))
+        assert Version("1.4.2") not in spec.specifier and Version("1.4.3") in spec.specifier, extra
+
+
 # ---------------------------------------------------------------- the runtime in-process
 
 @pytest.fixture(scope="module")
@@ -118,6 +134,15 @@ def test_runtime_labels_and_describe(runtime):
     frames = runtime.interpolate(0, [(1, 0), (2, 0)], 0, 5, 1.0)
     assert frames.shape == (5, 28, 28, 1)
     first = runtime.render(make_rows(0, 1, [0], [RANDOM_LABEL], 1.0)).reshape(28, 28, 1)
+    assert np.array_equal(frames[0], first)
+
+
+def test_runtime_interpolates_more_frames_than_max_batch_size(tiny_models):
+    small = ModelRuntime(ServeSettings(models=[str(tiny_models["dc"])], max_batch_size=4, max_n=4, max_steps=10),
+                         warmup=False)
+    frames = small.interpolate(0, [(1, 0), (2, 0)], 0, 10, 1.0)
+    assert frames.shape == (10, 28, 28, 1)
+    first = small.render(make_rows(0, 1, [0], [RANDOM_LABEL], 1.0)).reshape(28, 28, 1)
     assert np.array_equal(frames[0], first)
 
 
@@ -171,6 +196,7 @@ def test_http_interpolate_and_info(server):
     info = httpx.get(server.url + "/info").json()
     assert [m["name"] for m in info["models"]] == ["tiny-dc", "tiny-cdc"]
     assert info["models"][0]["provider"] == "CPUExecutionProvider" and info["models"][0]["manifest"]["opset"]
+    assert "model tiny-dc runs on CPUExecutionProvider (generator.onnx)" in server.log()   # one start-up line each
     assert info["batching"]["max_batch_size"] == 256 and info["limits"]["max_n"] == 64
     for path in ("/livez", "/readyz"):
         assert httpx.get(server.url + path).status_code == 200
@@ -194,7 +220,7 @@ BAD_REQUESTS = [
     ({"format": "bmp"}, "format", 400), ({"model": "nope"}, "model", 404), ({"model": 3}, "model", 400),
     ({"labels": [1]}, "labels", 400), ({"model": "tiny-cdc", "labels": "Hat"}, "labels", 400),
     ({"model": "tiny-cdc", "labels": 10}, "labels", 400), ({"model": "tiny-cdc", "n": 3, "labels": [1, 2], "format": "npy"}, "labels", 400),
-    ({"truncation": 0}, "truncation", 400), ({"truncation": 1.01}, "truncation", 400), ({"truncation": "a"}, "truncation", 400),
+    ({"model": "tiny-dc", "labels": "3"}, "labels", 400), ({"truncation": 0}, "truncation", 400), ({"truncation": 1.01}, "truncation", 400), ({"truncation": "a"}, "truncation", 400),
     ({"n": 2}, "grid", 400), ({"grid": "yes"}, "grid", 400), ({"bogus": 1}, "bogus", 400),
 ]
 
@@ -206,6 +232,74 @@ def test_http_bad_input_names_the_field(server, body, field, status):
     assert r.json()["field"] == field, r.text
 
 
+INTERPOLATE_BAD = [({}, "seeds"), ({"seeds": [1]}, "seeds"), ({"seeds": [1, 2], "indices": [10**30, 0]}, "indices"),
+                   ({"seeds": [1, 2], "indices": [2**63, 0]}, "indices"), ({"seeds": [1, 2], "indices": [1]}, "indices"),
+                   ({"seeds": [1, 2], "steps": 65}, "steps"), ({"seeds": [1, 2], "truncation": 0}, "truncation")]
+
+
+@pytest.mark.parametrize("body, field", INTERPOLATE_BAD)
+def test_http_interpolate_bad_input_names_the_field(server, body, field):
+    r = post(server, "/interpolate", body)
+    assert r.status_code == 400 and r.json()["field"].split(".")[0] == field, r.text
+
+
+def test_http_label_given_as_a_decimal_string_is_that_class(server):
+    """One label resolver (ModelDir.label_index) for the service and the sampler: "3" is class 3."""
+    as_text = post(server, "/generate", {"model": "tiny-cdc", "n": 2, "seed": 4, "labels": "3", "format": "npy"})
+    as_int = post(server, "/generate", {"model": "tiny-cdc", "n": 2, "seed": 4, "labels": 3, "format": "npy"})
+    assert as_text.status_code == 200 and as_text.headers["x-labels"] == "3,3" and as_text.content == as_int.content
+
+
+def test_http_duplicate_content_type_and_deep_json_are_400_json(server):
+    headers = [("content-type", "text/plain"), ("content-type", "application/json")]
+    r = httpx.post(server.url + "/generate", content=b'{"n": 1}', headers=headers)
+    assert r.status_code == 400 and r.json()["field"] == "content-type"
+    deep = b'{"labels": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    r = httpx.post(server.url + "/generate", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json" and r.json()["field"] == "body"
+    r = httpx.post(server.url + "/generate", content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"          # empty body: all defaults
+    assert post(server, "/generate", {"n": 1, "seed": 1}).status_code == 200
+
+
+def test_http_info_shows_no_server_paths_or_host(server, tiny_models):
+    text = httpx.get(server.url + "/info").text
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    for secret in (str(tiny_models["dc"].parent), "/tmp", "/work", "checkpoint", "logical CPUs", cpu or "@@"):
+        assert secret not in text, secret
+
+
+def test_http_client_error_is_one_log_line(server):
+    before = len(server.log().splitlines())
+    assert post(server, "/generate", {"n": 0}).status_code == 400
+    assert httpx.post(server.url + "/generate", content=b"{not json",
+                      headers={"content-type": "application/json"}).status_code == 400
+    new = server.log().splitlines()[before:]
+    assert "Traceback" not in "\n".join(new) and not any("ERROR" in line for line in new), new
+    assert sum("client error" in line for line in new) <= 2
+
+
+def test_http_no_page_loads_anything_from_outside(server):
+    import re
+
+    r = httpx.get(server.url + "/", follow_redirects=True)
+    assert r.status_code == 200 and str(r.url).endswith("/ui")
+    for page in (r.text, httpx.get(server.url + "/ui").text):
+        assert not re.search(r"""(src|href|action)\s*=\s*["']?(https?:)?//""", page, re.I)
+        assert "googletagmanager" not in page
+
+
+def test_bentoml_usage_tracking_is_off_by_default():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "BENTOML_DO_NOT_TRACK"}
+    out = subprocess.run([sys.executable, "-c", "import service.service, os; print(os.environ['BENTOML_DO_NOT_TRACK'])"],
+                         env=env, capture_output=True, text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.stdout.strip() == "true", out.stderr[-2000:]
+
+
 def test_http_bad_transport(server):
     r = httpx.post(server.url + "/generate", content=b"n=1", headers={"content-type": "text/plain"})
     assert r.status_code == 415 and r.json()["field"] == "content-type"
@@ -214,8 +308,6 @@ def test_http_bad_transport(server):
     assert r.status_code == 413 and r.json()["field"] == "body"
     r = httpx.post(server.url + "/generate", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
-    r = post(server, "/interpolate", {"seeds": [1]})
-    assert r.status_code == 400 and r.json()["field"] == "seeds"
     assert post(server, "/generate", {"n": 1, "seed": 1}).status_code == 200         # still serving
 
 
@@ -260,4 +352,5 @@ def test_http_not_ready_on_tampered_model(tiny_models, start_server, tmp_path):
     srv.wait("/readyz", 503, timeout=60)
     r = post(srv, "/generate", {"n": 1})
     assert r.status_code == 503 and r.json()["field"] == "model" and "samples.png" in r.json()["error"]
+    assert "{'" not in r.json()["error"] and r.headers["content-type"] == "application/json"
     assert "samples.png" in srv.log() and manifest["name"] == "tiny-cdc"
