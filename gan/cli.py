@@ -17,13 +17,11 @@ class CLIError(Exception):
 
 # ---------------------------------------------------------------- gan train
 
-def _preset_defaults(section: str, name: str, default) -> str:
+def _preset_defaults(presets: dict, section: str, name: str, default) -> str:
     """"default: X" when every preset keeps the field's default, else each preset's own value."""
-    from training.config import PRESETS, make_config
-
     by_value: dict[str, list[str]] = {}
-    for preset in PRESETS:
-        value = getattr(getattr(make_config(preset), section), name)
+    for preset, cfg in presets.items():
+        value = getattr(getattr(cfg, section), name)
         by_value.setdefault(json.dumps(value), []).append(preset)
     if list(by_value) == [json.dumps(default)]:
         return f"default: {default}"
@@ -32,15 +30,16 @@ def _preset_defaults(section: str, name: str, default) -> str:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One --flag per TrainConfig field, with its documentation and each preset's own default."""
-    from training.config import SECTION_CLASSES, SECTION_NAMES
+    from training.config import PRESETS, SECTION_CLASSES, SECTION_NAMES, make_config
     import dataclasses
 
+    presets = {name: make_config(name) for name in PRESETS}
     for section, cls in zip(SECTION_NAMES, SECTION_CLASSES):
         group = parser.add_argument_group(f"{section} options")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} ({_preset_defaults(section, f.name, default)})"
+            help_text = f"{f.metadata['help']} ({_preset_defaults(presets, section, f.name, default)})"
             kwargs = {"dest": f.name, "default": None, "help": help_text}
             if isinstance(default, bool):
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
