@@ -361,7 +361,8 @@ def test_bring_your_own_onnx_generator(tmp_path):
     nodes = [helper.make_node("MatMul", ["z", "w"], ["a"]), helper.make_node("Tanh", ["a"], ["t"]),
              helper.make_node("Add", ["t", "one"], ["b"]), helper.make_node("Mul", ["b", "half_scale"], ["c"]),
              helper.make_node("Add", ["c", "half"], ["d"]), helper.make_node("Floor", ["d"], ["e"]),
-             helper.make_node("Clip", ["e", "lo", "hi"], ["f"]), helper.make_node("Cast", ["f"], ["g"], to=TensorProto.UINT8),
+             helper.make_node("Clip", ["e", "lo", "hi"], ["f"]),
+             helper.make_node("Cast", ["f"], ["g"], to=TensorProto.UINT8),
              helper.make_node("Reshape", ["g", "shape"], ["image"])]
     graph = helper.make_graph(nodes, "byo", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
                               [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 28, 28, 1])],

@@ -112,7 +112,8 @@ class TrainState:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "best_fd": self.best_fd, "best_by": self.best_by, "train_seconds": self.train_seconds, "device": self.device,
+            "best_fd": self.best_fd, "best_by": self.best_by, "train_seconds": self.train_seconds,
+            "device": self.device,
         }
 
     def load_checkpoint(self, state: dict) -> None:
