@@ -20,9 +20,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,serve,ray,dev]'
 	touch $@
 
-# The main job: serve the shipped models (the first, fmnist-dcgan, is the default) on port 3000.
-run: setup
-	$(BIN)/gan serve --port $(or $(PORT),3000)
+# The main job: serve the shipped models (the first, fmnist-dcgan, is the default) on http://127.0.0.1:3000.
+# With an NVIDIA driver (nvidia-smi) it serves from its own environment .venv-gpu with the `gpu` extra
+# (onnxruntime-gpu with CUDA and cuDNN from PyPI): onnxruntime and onnxruntime-gpu never share one environment.
+GPU_VENV := .venv-gpu
+run: system-deps
+	@if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory $(GPU_VENV)/.installed && $(GPU_VENV)/bin/gan serve --port $(or $(PORT),3000); \
+	else \
+	  $(MAKE) --no-print-directory $(VENV)/.installed && $(BIN)/gan serve --port $(or $(PORT),3000); fi
+
+$(GPU_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install -q -e '.[gpu]'
+	touch $@
 
 # A short CPU training run on Fashion-MNIST (writes runs/NNNNN-fmnist-dcgan/ with a checkpoint and sample grids).
 train-demo: setup
@@ -32,4 +43,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(GPU_VENV) runs .pytest_cache
