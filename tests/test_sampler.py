@@ -154,3 +154,24 @@ def test_bench_sample_writes_a_measured_table(tiny_models, tmp_path):
     assert set(rates) == {"sampler -> npy shards", "sampler -> png-tar shards",
                           "naive: PyTorch forward + PIL save per image"}
     assert all(float(v.replace(",", "")) > 0 for v in rates.values())
+
+
+def _gan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gan.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("content", ['{"broken', '{"version": 1}', "[]"])
+def test_verify_on_a_damaged_index_is_one_line_naming_the_file(tmp_path, content):
+    (tmp_path / "index.json").write_text(content)
+    out = _gan("sample", "--verify", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "index.json") in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_sample_on_a_missing_model_says_so_once(tmp_path):
+    out = _gan("sample", str(tmp_path / "nope"), "--count", "3", "--out", str(tmp_path / "out"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no such model directory" in lines[0], out.stderr
