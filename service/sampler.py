@@ -33,7 +33,7 @@ import numpy as np
 
 from service.codecs import encode_image, encode_npy
 from service.latents import MAX_SEED, random_labels
-from service.modeldir import ModelDir, load_model_dir
+from service.modeldir import ModelDir, ModelDirError, load_model_dir
 from service.runtime import RANDOM_LABEL, ModelRuntime, make_rows
 from service.settings import ServeSettings
 
@@ -205,6 +205,10 @@ def make_runtime(model_ref: str, options: SampleOptions) -> ModelRuntime:
     """The service's runtime for one model, unpadded (shapes are few: the batch size and one remainder)."""
     settings = ServeSettings(models=[model_ref], provider=options.provider, max_batch_size=options.batch,
                              max_n=1, pad_to_buckets=False)
+    try:                      # a model that cannot load is one error here, not a runtime log line and an error
+        load_model_dir(settings.resolve_model(model_ref))
+    except ModelDirError as exc:
+        raise SampleError(f"model {model_ref}: {exc}") from None
     runtime = ModelRuntime(settings, warmup=False)
     if runtime.errors:
         raise SampleError(f"model {model_ref}: {next(iter(runtime.errors.values()))}")
@@ -327,9 +331,13 @@ def verify(out: str | Path) -> dict:
     index_path = out / INDEX
     if not index_path.exists():
         raise SampleError(f"{out}: no {INDEX} (not a sampler output directory)")
-    doc = json.loads(index_path.read_text())
-    spec = SampleSpec(**{k: doc[k] for k in SampleSpec.__dataclass_fields__})
-    problems, listed = [], {e["shard"]: e for e in doc["shards"]}
+    try:
+        doc = json.loads(index_path.read_text())
+        spec = SampleSpec(**{k: doc[k] for k in SampleSpec.__dataclass_fields__})
+        listed = {e["shard"]: e for e in doc["shards"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SampleError(f"{index_path}: damaged index ({type(exc).__name__}: {exc})") from None
+    problems = []
     for k, (start, stop) in enumerate(spec.shard_ranges()):
         entry = listed.get(k)
         if entry is None:
