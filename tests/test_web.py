@@ -26,6 +26,13 @@ def browser():
     driver.quit()
 
 
+def test_page_builds_no_html_from_strings():
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "service" / "web" / "index.html").read_text()
+    assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "outerHTML" not in page
+
+
 def test_page_generate_see_image_change_class(tiny_models, start_server, browser, tmp_path):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -50,7 +57,16 @@ def test_page_generate_see_image_change_class(tiny_models, start_server, browser
     browser.find_element("id", "generate").click()
     wait.until(lambda d: d.find_element("id", "result").get_attribute("src") != old_src)
     assert browser.find_element("id", "seed-used").text == "1234"
-    assert browser.find_element("id", "labels-used").text == "classes: " + ",".join(["8"] * 16)
+    assert browser.find_element("id", "labels-used").text == "classes: " + ", ".join(["Bag"] * 16)   # names, not ids
+    # Scaled up by a whole factor, a copyable curl command and a download link for the same request.
+    natural, shown = browser.execute_script("const i = document.getElementById('result');"
+                                            "return [i.naturalWidth, i.clientWidth];")
+    assert shown >= 2 * natural and shown % natural == 0, (natural, shown)
+    curl = browser.find_element("id", "curl").text
+    assert curl.startswith("curl -X POST " + srv.url + "/generate") and '"seed":1234' in curl and '"labels":8' in curl
+    link = browser.find_element("id", "download")
+    assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download") == "tiny-cdc-1234.png"
+    assert browser.find_element("id", "interp").get_attribute("hidden") is not None        # no broken image yet
 
     # Interpolation view; a bad value shows the server's message naming the field.
     browser.find_element("id", "interpolate").click()
@@ -59,5 +75,6 @@ def test_page_generate_see_image_change_class(tiny_models, start_server, browser
     browser.execute_script("document.getElementById('n').value = 999")
     browser.find_element("id", "generate").click()
     wait.until(lambda d: "n" in d.find_element("id", "status").text)
-    assert "400" in browser.find_element("id", "status").text
+    status = browser.find_element("id", "status").text
+    assert status.startswith("400: n: ") and "n: n:" not in status, status
     browser.save_screenshot(str(tmp_path / "page.png"))
