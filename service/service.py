@@ -73,6 +73,7 @@ web = FastAPI(title="GAN web page and info")
 class GAN:
     def __init__(self) -> None:
         self.runtime = ModelRuntime(SETTINGS)
+        self._described: list[dict] | None = None
         for model, engine in zip(self.runtime.models, self.runtime.engines):
             log.info("model %s runs on %s (%s)", model.name, engine.provider, engine.model_file)
         self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
@@ -91,7 +92,9 @@ class GAN:
         if not self.runtime.ready:
             failed = "; ".join(f"{ref}: {err}" for ref, err in self.runtime.errors.items())
             raise RequestError("model", f"models are not ready: {failed or 'no model loaded'}", 503)
-        return self.runtime.describe()["models"]
+        if self._described is None:                     # the models do not change after start-up
+            self._described = self.runtime.describe()["models"]
+        return self._described
 
     def _pick(self, name: str | None) -> tuple[int, dict]:
         models = self._models()
