@@ -1,0 +1,78 @@
+"""Write models/NAME/README.md, the model card, from the model's manifest.json and metrics.json.
+
+    python tools/model_card.py models/fmnist-dcgan --failure-modes notes.md
+
+The numbers come from the files the project wrote (the manifest of `gan export`, the metrics.json of
+`gan evaluate --update-model`); only the known failure modes are written by a person (a Markdown file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from evaluation.report import metric_rows, view_rows  # noqa: E402  (after the path set-up above)
+
+
+def _training(manifest: dict) -> list[str]:
+    """What it took: command, data, steps, images seen, wall time, machine."""
+    t = manifest.get("training") or {}
+    cfg = t.get("config") or {}
+    batch = (cfg.get("optim") or {}).get("batch_size")
+    steps = manifest.get("step")
+    minutes = f"{t['wall_time_s'] / 60:.0f} min" if t.get("wall_time_s") else "not recorded"
+    return [
+        f"- training command: `{t.get('command', 'not recorded')}`",
+        f"- exported: `{manifest.get('command')}` (step {steps:,} of the run, generator `{manifest['source']['generator']}`)",
+        f"- data: Fashion-MNIST {manifest['data']['split']} split (60,000 images, "
+        f"`apt-get install dataset-fashion-mnist`)" + ("; class labels" if manifest.get("num_classes") else ""),
+        f"- images seen by G and D: {steps * batch:,} ({steps:,} steps x batch {batch})" if steps and batch else "",
+        f"- wall time to the exported step: {minutes}; machine: {t.get('device') or 'a 2-core CPU'}",
+    ]
+
+
+def render(model_dir: Path, failure_modes: str) -> str:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    kind = f"class-conditional ({manifest['num_classes']} classes)" if manifest.get("num_classes") else "unconditional"
+    lines = [f"# Model card: `{manifest['name']}`", "",
+             f"A {kind} GAN generator for 28x28 grey Fashion-MNIST images, exported to ONNX "
+             f"(`generator.onnx`, z [N, {manifest['latent_dim']}]"
+             + (", label [N]" if manifest.get("num_classes") else "") + " -> uint8 [N, 28, 28, 1]), "
+             f"version {manifest['version']}.", "", "![samples](samples.png)", "",
+             "`samples.png`: seed 0, the first 64 images the service returns for that seed.", "",
+             "## How it was made", "", *[ln for ln in _training(manifest) if ln], "",
+             "## Quality, in every view, beside the real-data floor", "",
+             f"`gan evaluate models/{manifest['name']} --n {metrics['n']} --update-model` ({metrics['n']:,} samples, "
+             "seed 0, against the 10,000 test images; the floor is 10,000 real training images measured the same "
+             "way). Details: `report.md` in this directory, definitions in `docs/quality.md`.", "",
+             "| view | FD | floor | KID x 1e3 | floor | precision | floor | recall | floor |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| " + " | ".join(r) + " |" for r in view_rows(metrics)]
+    lines += ["", "| metric | model | floor |", "| --- | ---: | ---: |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c, _ in metric_rows(metrics)
+              if not a.startswith(("Frechet", "KID", "precision", "recall", "Parzen standard", "Parzen sigma"))]
+    lines += ["", "## Known failure modes", "", failure_modes.strip(), ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--failure-modes", type=Path, required=True, help="Markdown file with the known failure modes")
+    args = parser.parse_args()
+    for need in (args.model_dir / "manifest.json", args.model_dir / "metrics.json", args.failure_modes):
+        if not need.is_file():
+            print(f"model_card: {need}: file not found", file=sys.stderr)
+            return 2
+    (args.model_dir / "README.md").write_text(render(args.model_dir, args.failure_modes.read_text()))
+    print(args.model_dir / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
