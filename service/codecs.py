@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -19,17 +21,38 @@ def _pil(image_hwc: np.ndarray) -> Image.Image:
 
 def encode_image(image_hwc: np.ndarray, fmt: str) -> bytes:
     """One uint8 [H, W, C] image -> PNG (lossless, fixed settings so bytes are reproducible), JPEG or WebP."""
+    if fmt == "png":
+        return encode_png(image_hwc)
     buf = io.BytesIO()
     img = _pil(image_hwc)
-    if fmt == "png":
-        img.save(buf, format="PNG", compress_level=6)
-    elif fmt == "jpeg":
+    if fmt == "jpeg":
         img.save(buf, format="JPEG", quality=95)
     elif fmt == "webp":
         img.save(buf, format="WEBP", lossless=True)
     else:
         raise ValueError(f"unknown image format {fmt!r}")
     return buf.getvalue()
+
+
+PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}          # channels -> PNG colour type (grey, RGB, RGBA), 8 bits each
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def encode_png(image_hwc: np.ndarray) -> bytes:
+    """uint8 [H, W, C] -> PNG bytes, written here rather than by Pillow (whose fixed cost is ~250 us a call,
+    5x this for a 28x28 sample): every row but the first with PNG's "Up" filter, zlib level 6."""
+    h, w, c = image_hwc.shape
+    rows = image_hwc.reshape(h, w * c)
+    raw = np.empty((h, 1 + w * c), np.uint8)
+    raw[0, 0], raw[1:, 0] = 0, 2                               # filter type per row: None, then Up
+    raw[0, 1:] = rows[0]
+    raw[1:, 1:] = rows[1:] - rows[:-1]                          # uint8 arithmetic wraps mod 256, as PNG wants
+    header = struct.pack(">IIBBBBB", w, h, 8, PNG_COLOR_TYPES[c], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+            + _png_chunk(b"IEND", b""))
 
 
 def encode_npy(images: np.ndarray) -> bytes:

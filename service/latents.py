@@ -46,21 +46,32 @@ def truncation_bound(psi: float) -> float:
     return math.inf if psi >= 1.0 else NormalDist().inv_cdf(0.5 + psi / 2.0)
 
 
+def _box_muller(raw: np.ndarray, latent_dim: int) -> np.ndarray:
+    """uint64 words [count, words] -> standard normal float64 [count, latent_dim] (row by row, elementwise)."""
+    half = (latent_dim + 1) // 2
+    u1, u2 = _uniform_open(raw[:, :half]), _uniform_open(raw[:, half:2 * half])
+    radius = np.sqrt(-2.0 * np.log(u1))                                   # [count, half]
+    return np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1)[:, :latent_dim]
+
+
 def latents(seed: int, start: int, count: int, latent_dim: int, truncation: float = 1.0) -> np.ndarray:
     """z float32 [count, latent_dim] for indices start .. start+count-1 of ``seed``.
 
     Truncation clips each component to +-truncation_bound(psi) (clipping, not resampling, so the
     latent stays a pure function of its counter range).
     """
+    return latents_of_spans([(seed, start, count, truncation)], latent_dim)
+
+
+def latents_of_spans(spans, latent_dim: int) -> np.ndarray:
+    """z float32 [sum of counts, latent_dim] for spans (seed, start, count, truncation), in order: one Philox
+    stream per span, then one vectorised Box-Muller and clip for all (what a merged batch of many seeds needs)."""
     words = _words_per_index(latent_dim)
-    raw = _raw_words(seed, start, count, words)
-    half = (latent_dim + 1) // 2
-    u1, u2 = _uniform_open(raw[:, :half]), _uniform_open(raw[:, half:2 * half])
-    radius = np.sqrt(-2.0 * np.log(u1))                                   # [count, half]
-    z = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)], axis=1)[:, :latent_dim]
-    bound = truncation_bound(truncation)
-    if math.isfinite(bound):
-        z = np.clip(z, -bound, bound)
+    raw = np.concatenate([_raw_words(seed, start, count, words) for seed, start, count, _ in spans])
+    z = _box_muller(raw, latent_dim)
+    bounds = np.repeat([truncation_bound(psi) for *_, psi in spans], [count for _, _, count, _ in spans])
+    if np.isfinite(bounds).any():
+        z = np.clip(z, -bounds[:, None], bounds[:, None])
     return z.astype(np.float32)
 
 

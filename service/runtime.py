@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.engine import Engine, EngineError, EngineOptions
-from service.latents import latents, random_labels
+from service.latents import latents, latents_of_spans, random_labels
 from service.modeldir import ModelDir, ModelDirError, load_model_dir
 from service.settings import ServeSettings
 
@@ -101,16 +101,16 @@ class ModelRuntime:
     def latents_for(self, model_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """z [n, d] and labels [n] of rows that all belong to one model."""
         model = self.models[model_id]
-        z = np.empty((len(rows), model.latent_dim), np.float32)
+        runs = list(_runs(rows))
+        # One Philox stream per run of consecutive indices of one (seed, truncation); the maths once for all.
+        spans = [(int(rows[a, COL_SEED]), int(rows[a, COL_INDEX]), b - a,
+                  float(rows[a:a + 1, COL_PSI].view(np.float64)[0])) for a, b in runs]
+        z = latents_of_spans(spans, model.latent_dim)
         labels = rows[:, COL_LABEL].copy() if model.num_classes else None
-        # One vectorised latents() call per run of consecutive indices of one (seed, truncation).
-        for start, stop in _runs(rows):
-            seed, first = int(rows[start, COL_SEED]), int(rows[start, COL_INDEX])
-            psi = float(rows[start:start + 1, COL_PSI].view(np.float64)[0])
-            z[start:stop] = latents(seed, first, stop - start, model.latent_dim, psi)
-            if labels is not None:
-                derived = random_labels(seed, first, stop - start, model.latent_dim, model.num_classes)
-                run = labels[start:stop]
+        if labels is not None:
+            for (a, b), (seed, first, count, _) in zip(runs, spans):
+                run = labels[a:b]
+                derived = random_labels(seed, first, count, model.latent_dim, model.num_classes)
                 run[run == RANDOM_LABEL] = derived[run == RANDOM_LABEL]
         return z, labels
 
@@ -164,12 +164,13 @@ def public_manifest(manifest: dict) -> dict:
 
 def _runs(rows: np.ndarray):
     """(start, stop) spans of rows with one seed and truncation and indices increasing by one."""
-    start = 0
-    for i in range(1, len(rows) + 1):
-        if (i == len(rows) or rows[i, COL_SEED] != rows[start, COL_SEED] or rows[i, COL_PSI] != rows[start, COL_PSI]
-                or rows[i, COL_INDEX] != rows[i - 1, COL_INDEX] + 1):
-            yield start, i
-            start = i
+    if not len(rows):
+        return []
+    new = np.ones(len(rows), bool)
+    new[1:] = ((rows[1:, COL_SEED] != rows[:-1, COL_SEED]) | (rows[1:, COL_PSI] != rows[:-1, COL_PSI])
+               | (rows[1:, COL_INDEX] != rows[:-1, COL_INDEX] + 1))
+    starts = np.flatnonzero(new).tolist()
+    return list(zip(starts, starts[1:] + [len(rows)]))
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
