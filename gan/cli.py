@@ -371,7 +371,7 @@ def cmd_bench_engine(args) -> int:
 
     try:
         print(bench_engine(args.model, args.provider, args.sampler_count, args.out,
-                           command="gan bench engine " + " ".join(sys.argv[3:])))
+                           command=("gan bench engine " + " ".join(sys.argv[3:])).strip()))
     except (ModelDirError, SampleError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     return 0
