@@ -209,6 +209,19 @@ def generator_step(cfg: TrainConfig, st: TrainState, device, amp) -> dict:
     return {"loss_g": loss}
 
 
+def train_step(cfg: TrainConfig, st: TrainState, data: TrainingData, device, amp) -> dict:
+    """One step of Algorithm 1 (k discriminator steps, then one generator step) and the EMA update; the losses and
+    D statistics as floats."""
+    set_learning_rates(cfg, st)
+    for _ in range(cfg.loss.d_steps):
+        d_stats = discriminator_step(cfg, st, data, device, amp)
+    g_stats = generator_step(cfg, st, device, amp)
+    st.step += 1
+    if st.G_ema is not None:
+        update_ema(st.G_ema, _unwrap(st.G), cfg.run.ema_decay, st.step)
+    return {k: float(v.detach()) for k, v in {**d_stats, **g_stats}.items()}
+
+
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, decay: float, step: int) -> None:
     """EMA of G's weights; the decay ramps up from 0 so short runs are not dominated by the initial weights."""
@@ -365,18 +378,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
 
     with _StopFlag() as stop:
         while st.step < cfg.run.steps:
-            # Algorithm 1: k discriminator steps, then one generator step.
-            set_learning_rates(cfg, st)
-            for _ in range(cfg.loss.d_steps):
-                d_stats = discriminator_step(cfg, st, data, device, amp)
-            g_stats = generator_step(cfg, st, device, amp)
-            st.step += 1
+            scalars = train_step(cfg, st, data, device, amp)
             now = time.perf_counter()
             st.train_seconds, t_step = st.train_seconds + (now - t_step), now
-            if st.G_ema is not None:
-                update_ema(st.G_ema, G_plain, cfg.run.ema_decay, st.step)
             imgs_since += cfg.optim.batch_size * (cfg.loss.d_steps + 1) * dist_info.world
-            scalars = {k: float(v.detach()) for k, v in {**d_stats, **g_stats}.items()}
             _check_finite(scalars, st.step, last_ckpt)
             g_eval = st.G_ema if st.G_ema is not None else G_plain
             final = st.step == cfg.run.steps
