@@ -82,8 +82,12 @@ class ModelRuntime:
     def ready(self) -> bool:
         return bool(self.engines) and not self.errors
 
-    def _bucket(self, n: int) -> int:
-        return next(b for b in self.settings.bucket_sizes() if b >= n) if self.settings.pad_to_buckets else n
+    def _bucket(self, n: int, engine: Engine) -> int:
+        """The padded batch size: the next warmed power of two on CUDA; n itself on the CPU, where a new shape
+        costs nothing and padding would only add compute (up to 2x)."""
+        if not self.settings.pad_to_buckets or engine.provider != "CUDAExecutionProvider":
+            return n
+        return next(b for b in self.settings.bucket_sizes() if b >= n)
 
     def _run(self, model_id: int, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Engine calls of at most max_batch_size rows, each padded to a warmed bucket size (padding dropped)."""
@@ -92,7 +96,7 @@ class ModelRuntime:
             return np.concatenate([self._run(model_id, z[i:i + step], None if labels is None else labels[i:i + step])
                                    for i in range(0, len(z), step)])
         n, engine = len(z), self.engines[model_id]
-        size = self._bucket(n)
+        size = self._bucket(n, engine)
         if size > n:
             z = np.concatenate([z, np.zeros((size - n, z.shape[1]), np.float32)])
             labels = None if labels is None else np.concatenate([labels, np.zeros(size - n, np.int64)])

@@ -137,6 +137,14 @@ def test_runtime_labels_and_describe(runtime):
     assert np.array_equal(frames[0], first)
 
 
+def test_runtime_runs_cpu_batches_unpadded(runtime, monkeypatch):
+    engine, seen = runtime.engines[0], []
+    run = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda z, labels=None: (seen.append(len(z)), run(z, labels))[1])
+    runtime.render(make_rows(0, 1, np.arange(3), [RANDOM_LABEL] * 3, 1.0))
+    assert engine.provider == "CPUExecutionProvider" and seen == [3]        # not padded to the bucket 4
+
+
 def test_runtime_interpolates_more_frames_than_max_batch_size(tiny_models):
     small = ModelRuntime(ServeSettings(models=[str(tiny_models["dc"])], max_batch_size=4, max_n=4, max_steps=10),
                          warmup=False)
@@ -316,7 +324,6 @@ def test_http_determinism_under_concurrent_load(server):
     serial = {s: post(server, "/generate", {"n": 8, "seed": s, "format": "npy"}).content for s in range(6)}
     singles = {(s, i): np.load(io.BytesIO(post(server, "/generate", {"n": 1, "seed": s, "format": "npy"}).content))
                for s, i in [(0, 0), (3, 0)]}
-    before = httpx.get(server.url + "/info").json()["batching"]["observed"]
     jobs = [(s, rep) for s in range(6) for rep in range(8)]                     # 48 concurrent clients
     with cf.ThreadPoolExecutor(48) as pool:
         results = list(pool.map(lambda job: (job[0], post(server, "/generate",
@@ -329,7 +336,6 @@ def test_http_determinism_under_concurrent_load(server):
         assert np.array_equal(np.load(io.BytesIO(serial[s]))[i], image[0])
     after = httpx.get(server.url + "/info").json()["batching"]["observed"]
     assert after["max_rows"] > 8, after          # the batcher merged requests of 8 rows into bigger calls
-    assert after["calls"] - before["calls"] < len(jobs)
     metrics = httpx.get(server.url + "/metrics").text
     assert "gan_images_generated" in metrics
 
