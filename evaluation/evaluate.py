@@ -70,7 +70,7 @@ def _check_count(count: int, what: str, feature_dim: int) -> None:
 # ---------------------------------------------------------------- real data (cached per process)
 
 @dataclass
-class RealData:
+class RealReference:
     test_images: np.ndarray        # uint8 [10000, 28, 28, 1]
     test_labels: np.ndarray
     test_logits: np.ndarray
@@ -105,13 +105,13 @@ class ViewReference:
         return self._radii
 
 
-_REAL: dict[tuple[str, ...], RealData] = {}
+_REAL: dict[tuple[str, ...], RealReference] = {}
 _FLOOR: dict[str, dict] = {}
 ROBUST_CLASSIFIER = "models/eval-robust"
 
 
 def real_data(classifier: Classifier, data_dir: str | Path = FMNIST_DIR,
-              extra_classifiers: tuple[Classifier, ...] = ()) -> RealData:
+              extra_classifiers: tuple[Classifier, ...] = ()) -> RealReference:
     """Fashion-MNIST test images with their features in every view, and the training images; cached per process.
 
     Views: the classifier ("classifier"), each extra classifier (named by its manifest's recipe_name), and the
@@ -127,7 +127,7 @@ def real_data(classifier: Classifier, data_dir: str | Path = FMNIST_DIR,
         order = np.random.default_rng(FLOOR_PERMUTATION_SEED).permutation(len(train_x))
         ids = "|".join((classifier.sha256, *extra_ids))
         key = hashlib.sha256(f"{ids}|{fingerprint}|v{METRICS_VERSION}".encode()).hexdigest()[:20]
-        real = RealData(test_x, test_y, logits, feats, train_x, train_y, order, train_x[order[-PARZEN_VALID:]], key)
+        real = RealReference(test_x, test_y, logits, feats, train_x, train_y, order, train_x[order[-PARZEN_VALID:]], key)
         # every view with the test images' features in it (the classifier's are already computed)
         real.views["classifier"] = ViewReference(ClassifierView("classifier", classifier), feats)
         for extra in extra_classifiers:
@@ -148,7 +148,7 @@ def view_metrics(ref: ViewReference, feats: np.ndarray, seed: int) -> dict:
 
 # ---------------------------------------------------------------- measuring one set of images
 
-def measure(images: np.ndarray, requested: np.ndarray | None, real: RealData, classifier: Classifier,
+def measure(images: np.ndarray, requested: np.ndarray | None, real: RealReference, classifier: Classifier,
             seed: int = 0, nn_queries: np.ndarray | None = None, parts: tuple[str, ...] | None = None,
             timing: dict | None = None) -> dict:
     """Every metric of uint8 images [N, 28, 28, 1] against the test images (``parts`` picks a subset).
@@ -195,7 +195,7 @@ def measure(images: np.ndarray, requested: np.ndarray | None, real: RealData, cl
     return out
 
 
-def _all_views(images: np.ndarray, classifier_feats: np.ndarray, done: dict, real: RealData, seed: int) -> dict:
+def _all_views(images: np.ndarray, classifier_feats: np.ndarray, done: dict, real: RealReference, seed: int) -> dict:
     """FD, KID and precision/recall in every view; the classifier view reuses what ``measure`` computed."""
     views = {}
     for name, ref in real.views.items():
@@ -211,7 +211,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("GAN_EVAL_CACHE", Path.home() / ".cache" / "gan-service" / "eval"))
 
 
-def floor_metrics(real: RealData, classifier: Classifier, n: int, seed: int = 0) -> dict:
+def floor_metrics(real: RealReference, classifier: Classifier, n: int, seed: int = 0) -> dict:
     """Every metric of n real training images (the floor), cached in memory and on disk."""
     n_floor = min(n, len(real.train_images) - PARZEN_VALID)
     key = f"floor-{real.key}-n{n_floor}-s{seed}-kid{KID_SUBSETS}-nn{MEMO_QUERIES}-pz{PARZEN_TEST}"
@@ -389,7 +389,7 @@ def _check_args(n: int, clf: Classifier, data_dir) -> None:
         raise EvaluationError(f"--data {data_dir}: not a directory (expected the Fashion-MNIST IDX files)")
 
 
-def _add_inception(inception: InceptionFeatures, images: np.ndarray, real: RealData, metrics: dict, floor: dict,
+def _add_inception(inception: InceptionFeatures, images: np.ndarray, real: RealReference, metrics: dict, floor: dict,
                    timing: dict) -> None:
     """Standard FID of the samples and of the floor images against the test images."""
     t0 = time.perf_counter()
@@ -415,7 +415,7 @@ def _output_dir(samples: Samples, source, out, update_model: bool) -> Path:
     return out_dir
 
 
-def _result(samples: Samples, n: int, real: RealData, clf: Classifier, metrics: dict, floor: dict,
+def _result(samples: Samples, n: int, real: RealReference, clf: Classifier, metrics: dict, floor: dict,
             command: str) -> dict:
     """The metrics.json document (without timing)."""
     import datetime as dt
@@ -445,7 +445,7 @@ def _result(samples: Samples, n: int, real: RealData, clf: Classifier, metrics: 
     return result
 
 
-def _write_plots(samples: Samples, predicted, real: RealData, clf: Classifier, metrics: dict, floor: dict,
+def _write_plots(samples: Samples, predicted, real: RealReference, clf: Classifier, metrics: dict, floor: dict,
                  out_dir: Path, result: dict) -> dict[str, str]:
     """Class grid, coverage, nearest neighbours and (when the run still exists here) training curves."""
     plots: dict[str, str] = {}

@@ -164,14 +164,16 @@ def _blur(images, radius):
                      for im in images])
 
 
-@pytest.mark.parametrize("kind,levels,precision_until", [("noise", [0, 8, 16, 32, 48], 48),
-                                                          ("blur", [0, 0.5, 0.75, 1.0, 1.5, 2.0], 1.0)])
-def test_degradation_is_monotone(clf, real, kind, levels, precision_until):
+@pytest.mark.parametrize("kind,levels,falls", [("noise", [0, 8, 16, 32, 48], (0, 32)),
+                                                ("blur", [0, 0.5, 0.75, 1.0, 1.5, 2.0], (0.5, 1.0))])
+def test_degradation_is_monotone(clf, real, kind, levels, falls):
     """2000 real test images, increasingly degraded (Gaussian noise of std `level` grey levels, or a Gaussian
     blur of radius `level` pixels), against 3000 real training images: FD and KID rise and recall falls at every
-    step; precision falls at every step up to `precision_until` (measured: under blur it bottoms out at ~0.44
-    from radius 1 and creeps back up, 0.52 at radius 3: heavily blurred images land where outlier real images
-    have wide k-NN balls, a known weakness of k-NN precision; FD, KID and recall are not fooled)."""
+    step. Precision falls by at least 0.03 at every step between the levels `falls` and stays below 0.6x the clean
+    images' after; elsewhere it does not move on its own (measured: 0.824 -> 0.822 at blur radius 0.5, 0.286 ->
+    0.276 from noise 32 to 48; under blur it bottoms out at ~0.44 from radius 1 and creeps back up, 0.52 at radius 3:
+    heavily blurred images land where outlier real images have wide k-NN balls, a known weakness of k-NN precision;
+    FD, KID and recall are not fooled)."""
     rng = np.random.default_rng(3)
     reference = clf.run(real.train_images[real.floor_order[:3000]])[1]
     radii = M.knn_radii(reference, 3)
@@ -187,9 +189,9 @@ def test_degradation_is_monotone(clf, real, kind, levels, precision_until):
     print(f"\n{kind} {levels}: FD {fd.round(2)}, KID {kid.round(4)}, precision {precision.round(3)}, "
           f"recall {recall.round(3)}")
     assert (np.diff(fd) > 0).all() and (np.diff(kid) > 0).all() and (np.diff(recall) < 0).all()
-    upto = levels.index(precision_until) + 1
-    assert (np.diff(precision[:upto]) < 0).all() and precision[upto - 1] < 0.6 * precision[0]
-    assert (precision[upto:] < 0.6 * precision[0]).all()
+    first, last = levels.index(falls[0]), levels.index(falls[1])
+    assert (np.diff(precision[first:last + 1]) < -0.03).all(), precision
+    assert (precision[last:] < 0.6 * precision[0]).all(), precision
     assert fd[-1] > 50 * fd[0] and kid[0] < 0.01 * kid[-1]
 
 

@@ -261,14 +261,14 @@ def export_classifier_onnx(model: FashionCNN, path: Path, opset: int = 18) -> No
     training/export.py does for generators (eval-mode BatchNorm is folded into Conv/Gemm by the optimiser)."""
     import onnx
 
-    from training.export import _quiet_exporter, _rename_batch_dim
+    from training.onnx_export import quiet_exporter, rename_batch_dim
 
     model = model.eval()
     model.export_mode = True
     example = (torch.zeros(EXAMPLE_BATCH, 28, 28, 1, dtype=torch.uint8),)
     batch = torch.export.Dim("batch")
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.export.export(model, example, dynamic_shapes={"image": {0: batch}}, strict=True)
             onnx_program = torch.onnx.export(program, example, dynamo=True, opset_version=opset,
                                              input_names=["image"], output_names=["logits", "features"],
@@ -277,7 +277,7 @@ def export_classifier_onnx(model: FashionCNN, path: Path, opset: int = 18) -> No
     except Exception as exc:  # torch raises many types from tracing/translation
         first = (str(exc).strip().splitlines() or [""])[0][:500]
         raise ClassifierError(f"ONNX export of the classifier failed ({type(exc).__name__}: {first})") from exc
-    _rename_batch_dim(proto)
+    rename_batch_dim(proto)
     proto.producer_name = "gan-service training/classifier.py"
     proto.doc_string = "Fashion-MNIST classifier: image uint8 [N,28,28,1] -> logits [N,10], features [N,128]"
     onnx.checker.check_model(proto, full_check=True)
