@@ -213,7 +213,7 @@ def sampler_against_engine(model: str, model_dir, count: int) -> tuple[float, fl
 
 
 def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000, out: str = "docs/benchmarks.md",
-                 command: str = "") -> str:
+                 command: str = "", batches=ENGINE_BATCHES) -> str:
     """Engine table (onnxruntime vs PyTorch eager), FLOPs per image and compute bound, sampler -> NPY against it."""
     import onnxruntime as ort
 
@@ -222,11 +222,11 @@ def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000
     model_dir = load_model_dir(model)
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     providers = {"auto": ["cpu"] + (["cuda"] if cuda else []), "cpu": ["cpu"], "cuda": ["cuda"]}[provider]
-    rows = engine_rows(model_dir, providers)
+    rows = engine_rows(model_dir, providers, batches)
     generator, how = torch_generator(model_dir)
     flops, peak = flops_per_image(generator, model_dir.latent_dim, model_dir.num_classes), peak_gflops()
     sampler_rate, engine_rate = sampler_against_engine(model, model_dir, sampler_count)
-    best_cpu = max(r[3] for r in rows if r[0] == "onnxruntime CPUExecutionProvider" and r[2] == 1024)
+    best_cpu = max(r[3] for r in rows if r[0] == "onnxruntime CPUExecutionProvider" and r[2] == max(batches))
     table = ["| engine | threads | batch | images/s | ms per call |", "| --- | ---: | ---: | ---: | ---: |"]
     table += [f"| {e} | {t} | {b} | {rate:,.0f} | {ms:.2f} |" for e, t, b, rate, ms in rows]
     body = (f"Model `{model}` ({model_dir.name}), measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on "
@@ -235,7 +235,7 @@ def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000
             f"PyTorch includes the same uint8 post-processing as the graph.\n\n"
             f"Command: `{command or 'gan bench engine ' + model}`\n\n" + "\n".join(table) + "\n\n"
             f"FLOPs per image: {flops / 1e6:,.1f} MFLOP. Compute bound: {peak:,.0f} GFLOP/s (numpy float32 1024^3 "
-            f"matmul, all cores) = {peak * 1e9 / flops:,.0f} images/s; best onnxruntime CPU at batch 1024 = "
+            f"matmul, all cores) = {peak * 1e9 / flops:,.0f} images/s; best onnxruntime CPU at batch {max(batches)} = "
             f"{best_cpu:,.0f} images/s ({best_cpu * flops / peak / 1e9:.0%} of the bound).\n\n"
             f"Offline sampler to NPY shards (`gan sample --format npy`, {sampler_count:,} images, batch 1024, CPU, "
             f"the service's default of 1 engine thread): {sampler_rate:,.0f} images/s, against {engine_rate:,.0f} "
