@@ -146,8 +146,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
     p.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="onnxruntime provider (default: auto)")
     p.add_argument("--require-gpu", action="store_true", help="fail at start-up when CUDA is not available")
-    p.add_argument("--max-batch-size", type=int, help="adaptive batching: most images per merged batch (default: 256)")
-    p.add_argument("--max-latency-ms", type=int, help="adaptive batching latency budget (default: 100)")
+    p.add_argument("--max-batch-size", type=int, help="micro-batching: most images per merged engine call (default: 256)")
+    p.add_argument("--max-latency-ms", type=int, help="micro-batching budget: a request still waiting for the engine "
+                                                      "this long gets 503 (default: 1000)")
     p.add_argument("--max-concurrency", type=int, help="requests in flight before 429 (default: 64)")
     p.set_defaults(func=cmd_serve)
 

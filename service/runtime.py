@@ -2,7 +2,7 @@
 
 It takes work as *rows* (model, seed, index, label, truncation) rather than latents, and makes
 the latents itself with ``service.latents``: an image is then a pure function of its row, however
-the adaptive batcher groups rows from different clients.
+the micro-batcher (service/batcher.py) groups rows from different clients.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def make_rows(model_id: int, seed: int, indices, labels, truncation: float) -> n
 
 @dataclass
 class BatchStats:
-    """How the adaptive batcher grouped work: evidence that merging happened."""
+    """How the micro-batcher grouped work: evidence that merging happened."""
     sizes: Counter = field(default_factory=Counter)   # rows per merged call -> number of calls
     lock: threading.Lock = field(default_factory=threading.Lock)
 
