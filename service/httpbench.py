@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from service.loadgen import LoadResult, run_wrk
+from service.loadgen import run_wrk
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ((1, "png"), (64, "npy"))

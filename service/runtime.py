@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine import Engine, EngineError, EngineOptions
+from service.engine import Engine, EngineOptions
 from service.latents import latents, latents_of_spans, random_labels
 from service.modeldir import ModelDir, ModelDirError, load_model_dir
 from service.settings import ServeSettings

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import tarfile
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor

@@ -27,7 +27,7 @@ def test_no_500_under_load_and_the_next_request_is_served(loaded, n, fmt, levels
         assert not bad, f"c={concurrency} n={n} {fmt}: {result.as_dict()}\n{loaded.log()[-3000:]}"
         assert result.statuses.get(200, 0) > 0, result.as_dict()
         assert result.errors["read"] + result.errors["timeout"] == 0, result.as_dict()
-        assert next_request_served(loaded.url) < 2.0, f"c={concurrency} n={n} {fmt}: {result.as_dict()}"
+        assert next_request_served(loaded.url) < 5.0, f"c={concurrency} n={n} {fmt}: {result.as_dict()}"
 
 
 def next_request_served(url: str) -> float:
