@@ -64,7 +64,8 @@ def _error(field: str, message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
-web = FastAPI(title="GAN web page and info")
+# No FastAPI /docs or /redoc: they load Swagger UI / ReDoc from a CDN (the API contract is /docs.json).
+web = FastAPI(title="GAN web page and info", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.service(name="gan", workers=SETTINGS.workers,
