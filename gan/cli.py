@@ -149,7 +149,7 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-batch-size", type=int, help="micro-batching: most images per merged engine call (default: 256)")
     p.add_argument("--max-latency-ms", type=int, help="micro-batching budget: a request still waiting for the engine "
                                                       "this long gets 503 (default: 1000)")
-    p.add_argument("--max-concurrency", type=int, help="requests in flight before 429 (default: 64)")
+    p.add_argument("--max-concurrency", type=int, help="requests in flight before 429 (default: 256)")
     p.set_defaults(func=cmd_serve)
 
 

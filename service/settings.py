@@ -33,7 +33,7 @@ class ServeSettings(BaseModel):
     pad_to_buckets: bool = Field(True, description="on CUDA, pad merged batches to power-of-two sizes so only "
                                                    "those shapes are ever run (and warmed up); the CPU runs any "
                                                    "size unpadded")
-    max_concurrency: int = Field(64, ge=1, description="requests in flight before clients get 429")
+    max_concurrency: int = Field(256, ge=1, description="requests in flight before clients get 429")
     timeout_s: float = Field(30.0, gt=0, description="per-request time limit; past it clients get 504")
     max_body_bytes: int = Field(65536, ge=256, description="largest accepted request body; larger gets 413")
     max_steps: int = Field(64, ge=2, description="most frames one /interpolate request may ask for")
