@@ -252,7 +252,8 @@ def cmd_evaluate(args) -> int:
         from training.classifier import train_classifier
 
         try:
-            print(train_classifier(out_dir=args.classifier, data_dir=args.data, epochs=args.epochs, seed=args.seed))
+            print(train_classifier(out_dir=args.classifier, data_dir=args.data, epochs=args.epochs, seed=args.seed,
+                                   recipe=args.recipe))
         except (ValueError, OSError) as exc:   # ClassifierError, DataError, unwritable --classifier
             raise CLIError(str(exc)) from exc
         return 0
