@@ -81,14 +81,11 @@ class RealReference:
     valid_images: np.ndarray       # the last PARZEN_VALID of floor_order (never floor samples)
     key: str
     views: dict = field(default_factory=dict)     # view name -> ViewReference (the classifier's own included)
-    _test_radii: np.ndarray | None = None
 
     @property
     def test_radii(self) -> np.ndarray:
-        """k-NN radii of the test features (the real manifold of precision), computed once."""
-        if self._test_radii is None:
-            self._test_radii = M.knn_radii(self.test_features, PR_K)
-        return self._test_radii
+        """k-NN radii of the classifier features of the test images (the real manifold of precision)."""
+        return self.views["classifier"].radii
 
 
 @dataclass
