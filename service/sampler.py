@@ -207,7 +207,7 @@ def make_runtime(model_ref: str, options: SampleOptions) -> ModelRuntime:
     try:                      # a model that cannot load is one error here, not a runtime log line and an error
         load_model_dir(settings.resolve_model(model_ref))
     except ModelDirError as exc:
-        raise SampleError(f"model {model_ref}: {exc}") from None
+        raise SampleError(f"model {exc}") from None          # exc names the directory or tag already
     runtime = ModelRuntime(settings, warmup=False)
     if runtime.errors:
         raise SampleError(f"model {model_ref}: {next(iter(runtime.errors.values()))}")

@@ -175,3 +175,4 @@ def test_sample_on_a_missing_model_says_so_once(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "no such model directory" in lines[0], out.stderr
+    assert lines[0].count(str(tmp_path / "nope")) == 1, out.stderr          # the path named once, not twice
