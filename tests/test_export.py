@@ -29,6 +29,8 @@ ARCHS = {
     "mlp": ("paper-mlp", {"g_hidden": [64], "d_hidden": [32], "d_maxout": 2}),
     "dcgan": ("fmnist-dcgan", SMALL_CONV),
     "cdcgan": ("fmnist-cdcgan", SMALL_CONV),
+    # the shipped recipe: nearest-resize + conv upsampling in G (an ONNX Resize, whose scales stay float32 in fp16)
+    "dcgan-resize": ("fmnist-dcgan", {**SMALL_CONV, "g_upsample": "resize", "d_norm": "spectral"}),
 }
 
 pytestmark = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-MNIST not installed at {FMNIST_DIR}")

@@ -2,8 +2,9 @@
 
 z stays a float32 input (cast inside the graph); the Tanh and the uint8 rounding run in fp32 (fp16's spacing of
 0.125 near 255 would move pixels by a grey level at random). The generators use only type-generic ops (Gemm,
-Conv, ConvTranspose, Relu, Gather, Concat, Reshape), so converting float initializers and constants is enough; the
-checker's type inference rejects anything that is not. (onnxruntime.transformers.float16 / onnxconverter-common's
+Conv, ConvTranspose, Relu, Gather, Concat, Reshape, Resize), so converting float initializers and constants is
+enough, except Resize's roi and scales inputs, which ONNX types as float32 whatever the data (left as they are); the
+checker's type inference rejects anything else that is not type-generic. (onnxruntime.transformers.float16 / onnxconverter-common's
 converter was tried: with the tail blocked it casts back to fp16 between every blocked node and writes inconsistent
 value_info.)
 """
@@ -23,8 +24,9 @@ def convert_fp16(model):
     graph = half.graph
     body, tail = _split_at_last_tanh(list(graph.node))
     tail_in = {i for n in tail for i in n.input}
-    _halve_initializers(graph, body, tail_in)
-    _halve_constants_and_casts(body)
+    keep_fp32 = {n.input[i] for n in body if n.op_type == "Resize" for i in (1, 2) if i < len(n.input)}
+    _halve_initializers(graph, body, tail_in, keep_fp32)
+    _halve_constants_and_casts(body, keep_fp32)
     head, bridge = _casts_around_body(body, tail, tail_in)
     del graph.node[:]
     graph.node.extend(head + body + bridge + tail)
@@ -44,14 +46,15 @@ def _split_at_last_tanh(nodes: list) -> tuple[list, list]:
     return nodes[:tanh[-1]], nodes[tanh[-1]:]
 
 
-def _halve_initializers(graph, body: list, tail_in: set[str]) -> None:
-    """Float weights read by the body become fp16; one that the fp32 tail reads too gets an fp16 copy."""
+def _halve_initializers(graph, body: list, tail_in: set[str], keep_fp32: set[str]) -> None:
+    """Float weights read by the body become fp16 (but those in keep_fp32); one that the fp32 tail reads too gets
+    an fp16 copy."""
     from onnx import TensorProto, numpy_helper
 
     body_in = {i for n in body for i in n.input}
     extra = []
     for init in list(graph.initializer):
-        if init.data_type != TensorProto.FLOAT or init.name not in body_in:
+        if init.data_type != TensorProto.FLOAT or init.name not in body_in or init.name in keep_fp32:
             continue
         arr = numpy_helper.to_array(init)
         arr16 = arr.astype(np.float16)
@@ -67,11 +70,13 @@ def _halve_initializers(graph, body: list, tail_in: set[str]) -> None:
     graph.initializer.extend(extra)
 
 
-def _halve_constants_and_casts(body: list) -> None:
-    """Float Constant nodes become fp16 constants; Casts to float cast to fp16 instead."""
+def _halve_constants_and_casts(body: list, keep_fp32: set[str]) -> None:
+    """Float Constant nodes become fp16 constants (but those in keep_fp32); Casts to float cast to fp16 instead."""
     from onnx import TensorProto, numpy_helper
 
     for n in body:
+        if n.op_type == "Constant" and n.output[0] in keep_fp32:
+            continue
         for a in n.attribute:
             if n.op_type == "Constant" and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
                 a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
