@@ -39,8 +39,9 @@ def render(model_dir: Path, failure_modes: str) -> str:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     metrics = json.loads((model_dir / "metrics.json").read_text())
     kind = f"class-conditional ({manifest['num_classes']} classes)" if manifest.get("num_classes") else "unconditional"
+    article = "An" if kind.startswith("u") else "A"
     lines = [f"# Model card: `{manifest['name']}`", "",
-             f"A {kind} GAN generator for 28x28 grey Fashion-MNIST images, exported to ONNX "
+             f"{article} {kind} GAN generator for 28x28 grey Fashion-MNIST images, exported to ONNX "
              f"(`generator.onnx`, z [N, {manifest['latent_dim']}]"
              + (", label [N]" if manifest.get("num_classes") else "") + " -> uint8 [N, 28, 28, 1]), "
              f"version {manifest['version']}.", "", "![samples](samples.png)", "",
