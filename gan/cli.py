@@ -222,9 +222,12 @@ def cmd_sample(args) -> int:
 
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="quality metrics of a model or a folder/shards of images",
-                       description="Fréchet distance, KID, precision/recall, class coverage and Parzen log-likelihood "
-                                   "in the features of the project's own Fashion-MNIST classifier (models/eval), beside "
-                                   "the real-data floor. --train-classifier trains and exports that classifier.")
+                       description="Fréchet distance, KID and precision/recall in three views (the project's "
+                                   "Fashion-MNIST classifier models/eval, the degradation-trained classifier "
+                                   "models/eval-robust, and pixels on 64 principal components), class coverage and "
+                                   "Parzen log-likelihood, each beside the real-data floor; prints a summary and writes "
+                                   "the report to --out (never into the source unless --update-model). "
+                                   "--train-classifier trains and exports a classifier (--recipe).")
     p.add_argument("source", nargs="?", help="model directory, BentoML tag, image folder or sampler output directory")
     p.add_argument("--n", type=int, default=10000, help="generated samples to evaluate (default: 10000)")
     p.add_argument("--out", help="report directory (default: ./eval-report/<name>; the source is never written to)")

@@ -161,7 +161,7 @@ def degrade(x: torch.Tensor, gen: torch.Generator, p: float) -> tuple[torch.Tens
     Each degraded image gets one of: Gaussian noise (std 3..50 grey levels), Gaussian blur (sigma 0.5, 1, 1.5 or 2),
     a contrast change (x 0.3..0.8 or 1.3..2 around the image mean), or a period-2 checkerboard (amplitude 4..40),
     the artefact of transposed convolutions. Severity column k-1 holds degradation k of DEGRADATIONS scaled to
-    (0, 1]; a clean image has all zeros.
+    about (0, 1] (the strongest contrast cut reaches 1.01); a clean image has all zeros.
     """
     b = len(x)
     img = x[..., 0].to(torch.float32)                                          # [B, 28, 28]
