@@ -5,8 +5,8 @@ class readable), so every distribution metric is measured in several independent
 
   classifier   the 128-d penultimate layer of the project's Fashion-MNIST classifier (``models/eval``)
   robust       the same layer of a second classifier with another architecture and seed, trained on degraded
-               images with a head that must name the degradation (``models/eval-robust``): its features encode
-               image quality, not only the class
+               images with a head that must regress how strong each degradation is (``models/eval-robust``): its
+               features encode image quality, not only the class
   pixels_pca   raw pixels (/255) projected on the first 64 principal components of the 10,000 test images
 
 Each view maps uint8 images [N, 28, 28, 1] to float features [N, D].
@@ -25,7 +25,6 @@ class ClassifierView:
 
     def __init__(self, name: str, classifier: Classifier):
         self.name, self.classifier = name, classifier
-        self.identity = classifier.sha256
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return self.classifier.run(images)[1]                                     # [N, 128]
@@ -45,7 +44,6 @@ class PixelPCAView:
         _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
         self.axes = vt[:components]                                               # [components, 784]
         self.explained = float((s[:components] ** 2).sum() / (s ** 2).sum())
-        self.identity = f"pca{components}-{len(reference)}"
 
     def features(self, images: np.ndarray) -> np.ndarray:
         x = images.reshape(len(images), -1).astype(np.float64) / 255.0            # [N, 784]
