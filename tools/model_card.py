@@ -35,7 +35,7 @@ def _training(manifest: dict) -> list[str]:
     ]
 
 
-def render(model_dir: Path, failure_modes: str) -> str:
+def render(model_dir: Path, failure_modes: str, history: str = "") -> str:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     metrics = json.loads((model_dir / "metrics.json").read_text())
     kind = f"class-conditional ({manifest['num_classes']} classes)" if manifest.get("num_classes") else "unconditional"
@@ -46,7 +46,8 @@ def render(model_dir: Path, failure_modes: str) -> str:
              + (", label [N]" if manifest.get("num_classes") else "") + " -> uint8 [N, 28, 28, 1]), "
              f"version {manifest['version']}.", "", "![samples](samples.png)", "",
              "`samples.png`: seed 0, the first 64 images the service returns for that seed.", "",
-             "## How it was made", "", *[ln for ln in _training(manifest) if ln], "",
+             "## How it was made", "", *[ln for ln in _training(manifest) if ln],
+             *([f"- history: {history.strip()}"] if history.strip() else []), "",
              "## Quality, in every view, beside the real-data floor", "",
              f"`gan evaluate models/{manifest['name']} --n {metrics['n']} --update-model` ({metrics['n']:,} samples, "
              "seed 0, against the 10,000 test images; the floor is 10,000 real training images measured the same "
@@ -65,12 +66,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--failure-modes", type=Path, required=True, help="Markdown file with the known failure modes")
+    parser.add_argument("--history", default="", help="how the run got to the exported step, when the training "
+                        "command alone does not say (stops, resumes with another --steps)")
     args = parser.parse_args()
     for need in (args.model_dir / "manifest.json", args.model_dir / "metrics.json", args.failure_modes):
         if not need.is_file():
             print(f"model_card: {need}: file not found", file=sys.stderr)
             return 2
-    (args.model_dir / "README.md").write_text(render(args.model_dir, args.failure_modes.read_text()))
+    (args.model_dir / "README.md").write_text(render(args.model_dir, args.failure_modes.read_text(), args.history))
     print(args.model_dir / "README.md")
     return 0
 
