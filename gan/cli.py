@@ -356,12 +356,12 @@ def cmd_bench_http(args) -> int:
     from training.benchmarks import machine, write_section
 
     try:
-        results = bench_http(args.seconds, levels=tuple(args.concurrency))
+        results, rounds = bench_http(args.seconds, levels=tuple(args.concurrency))
     except (LoadError, RuntimeError) as exc:
         raise CLIError(str(exc)) from exc
     command = "gan bench http " + " ".join(sys.argv[3:])
     body = (f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, wrk 1 thread, "
-            f"{args.seconds:g} s per level, loopback.\n\nCommand: `{command.strip()}`\n\n" + markdown(results))
+            f"{args.seconds:g} s per level, loopback.\n\nCommand: `{command.strip()}`\n\n" + markdown(results, rounds))
     write_section(args.out, "HTTP service under load (gan bench http)", body)
     print(body)
     return 0

@@ -65,8 +65,9 @@ class Served:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def bench_http(seconds: float = 4.0, log_dir: str | Path = "/tmp", levels=LEVELS) -> dict[str, list]:
-    """{server name: [(n, format, LoadResult), ...]} for the project (batching on/off) and the do-nothing endpoint.
+def bench_http(seconds: float = 4.0, log_dir: str | Path = "/tmp", levels=LEVELS) -> tuple[dict[str, list], list]:
+    """({server name: [(n, format, LoadResult), ...]} for the project (batching on/off) and the do-nothing
+    endpoint, the target rounds of ``target_rounds``).
 
     All three servers run at once (idle ones cost no CPU) and each (shape, concurrency) cell is measured
     on the three back to back, so a load change on the machine hits all three alike.
@@ -84,8 +85,8 @@ def bench_http(seconds: float = 4.0, log_dir: str | Path = "/tmp", levels=LEVELS
             for c in levels:
                 for name, url in urls.items():
                     results[name].append((n, fmt, run_wrk(url, "/generate", n, fmt, c, seconds)))
-        results["target rounds"] = target_rounds(urls["project, batching on"], urls["do-nothing BentoML"], seconds)
-    return results
+        rounds = target_rounds(urls["project, batching on"], urls["do-nothing BentoML"], seconds)
+    return results, rounds
 
 
 def target_rounds(project: str, baseline: str, seconds: float, rounds: int = 3) -> list[tuple]:
@@ -99,18 +100,16 @@ def target_rounds(project: str, baseline: str, seconds: float, rounds: int = 3) 
     return out
 
 
-def markdown(results: dict[str, list]) -> str:
+def markdown(results: dict[str, list], rounds: list[tuple]) -> str:
     """One table row per (server, request shape, concurrency), then the target rounds and their medians."""
     lines = ["| server | request | concurrency | ok req/s | p50 ms | p95 ms | p99 ms | non-2xx | socket errors |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for name, rows in results.items():
-        if name == "target rounds":
-            continue
         for n, fmt, r in rows:
             errors = {k: v for k, v in r.errors.items() if v}
             lines.append(f"| {name} | n={n} {fmt} | {r.concurrency} | {r.ok_per_s:,.0f} | {r.p50_ms:.1f} | "
                          f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.non_2xx() or '-'} | {errors or '-'} |")
-    return "\n".join(lines) + "\n\n" + targets(results.get("target rounds", [])) + "\n"
+    return "\n".join(lines) + "\n\n" + targets(rounds) + "\n"
 
 
 def targets(rounds: list[tuple]) -> str:

@@ -105,7 +105,7 @@ class ModelRuntime:
     def latents_for(self, model_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """z [n, d] and labels [n] of rows that all belong to one model."""
         model = self.models[model_id]
-        runs = list(_runs(rows))
+        runs = _runs(rows)
         # One Philox stream per run of consecutive indices of one (seed, truncation); the maths once for all.
         spans = [(int(rows[a, COL_SEED]), int(rows[a, COL_INDEX]), b - a,
                   float(rows[a:a + 1, COL_PSI].view(np.float64)[0])) for a, b in runs]
@@ -166,8 +166,8 @@ def public_manifest(manifest: dict) -> dict:
     return public
 
 
-def _runs(rows: np.ndarray):
-    """(start, stop) spans of rows with one seed and truncation and indices increasing by one."""
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, stop), ...] spans of rows with one seed and truncation and indices increasing by one."""
     if not len(rows):
         return []
     new = np.ones(len(rows), bool)

@@ -35,6 +35,6 @@ def test_http_bench_report_states_the_targets_as_medians():
     rounds = [(16, result(16, 500, 30.0), result(16, 800, 20.0)), (64, result(64, 600, 90.0), result(64, 1000, 60.0)),
               (16, result(16, 500, 40.0), result(16, 800, 20.0)), (64, result(64, 800, 90.0), result(64, 1000, 60.0)),
               (16, result(16, 500, 50.0), result(16, 800, 20.0)), (64, result(64, 700, 90.0), result(64, 1000, 60.0))]
-    text = markdown({"do-nothing BentoML": [(1, "png", result(64, 1000, 60.0))], "target rounds": rounds})
+    text = markdown({"do-nothing BentoML": [(1, "png", result(64, 1000, 60.0))]}, rounds)
     assert "| do-nothing BentoML | n=1 png | 64 | 1,000 | 60.0 |" in text and "{429: 3}" in text
     assert "= 70% of the do-nothing endpoint" in text and "= 2.00x its p50" in text
