@@ -175,6 +175,46 @@ def test_conditional_generator_uses_label_and_z(g_cond):
             assert (G(z, torch.full((4,), 3)) - base).abs().mean() > 1e-3
 
 
+def test_minibatch_std_sees_variety_within_consecutive_groups_only():
+    """The appended map is ~0 for a group of identical samples, > 0 for a varied one, constant over the map, and one
+    group's value never depends on another group's samples (D sees [reals; fakes] in one batch)."""
+    from training.nets import MinibatchStd
+    layer = MinibatchStd(4)
+    same = torch.randn(1, 3, 5, 5).expand(4, 3, 5, 5)                                # one group, no variety
+    varied = torch.randn(4, 3, 5, 5)
+    out = layer(torch.cat([same, varied]))                                           # [8, 4, 5, 5]
+    assert out.shape == (8, 4, 5, 5)
+    assert torch.equal(out[:, :3], torch.cat([same, varied]))
+    assert out[:4, 3].max() < 1e-3 < out[4:, 3].min()
+    assert torch.allclose(out[4:, 3], out[4, 3, 0, 0].expand(4, 5, 5))
+    other = layer(torch.cat([same, torch.randn(4, 3, 5, 5) * 5]))
+    assert torch.equal(other[:4, 3], out[:4, 3])
+    with pytest.raises(ValueError, match="group 4 does not divide the batch of 6"):
+        layer(torch.randn(6, 3, 5, 5))
+
+
+def test_discriminator_with_minibatch_std_scores_reals_without_looking_at_fakes():
+    from training.nets import build_discriminator
+    cfg = make_config("fmnist-dcgan", {"d_channels": 8, "d_mbstd": 4, "batch_size": 16})
+    D = build_discriminator(cfg)
+    real = torch.randn(16, 1, 28, 28)
+    a = D(torch.cat([real, torch.randn(16, 1, 28, 28)]))                           # [32]
+    b = D(torch.cat([real, torch.zeros(16, 1, 28, 28)]))
+    assert a.shape == (32,) and torch.equal(a[:16], b[:16]) and not torch.equal(a[16:], b[16:])
+    for bad in ({"d_mbstd": 1}, {"d_mbstd": 3}, {"d_mbstd": 4, "pack": 8, "batch_size": 16}):
+        with pytest.raises(ValueError, match="--d-mbstd: must be 0 or >= 2"):
+            make_config("fmnist-dcgan", bad)
+    with pytest.raises(ValueError, match="--d-mbstd"):
+        make_config("paper-mlp", {"d_mbstd": 4})
+
+
+@needs_fmnist
+def test_training_with_minibatch_std_and_packing_runs(tmp_path):
+    run = train(_tiny("fmnist-dcgan", tmp_path, steps=3, d_mbstd=2, pack=2, ckpt_every=100))
+    state = ckpt_io.load_checkpoint(run)
+    assert state.step == 3 and state.config.model.d_mbstd == 2
+
+
 def test_cli_dry_run_and_bad_flag():
     out = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--preset", "fmnist-cdcgan", "--steps", "7",
                           "--dry-run"], capture_output=True, text=True, check=True).stdout

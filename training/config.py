@@ -59,6 +59,9 @@ class ModelConfig:
     g_upsample: str = _f("transpose", "DCGAN generator 2x upsampling: transpose (4x4 stride-2 transposed conv, the "
                                       "DCGAN original; prone to checkerboard speckle) or resize (nearest 2x resize "
                                       "then a 3x3 conv, Odena et al. 2016)", ("transpose", "resize"))
+    d_mbstd: int = _f(0, "DCGAN discriminator: append the minibatch standard deviation over groups of this many "
+                         "consecutive samples as one feature map before the head (Karras et al. 2018), so D sees "
+                         "too little variety in a batch of fakes; 0 = off")
     d_norm: str = _f("none", "DCGAN discriminator weight normalisation: none or spectral (Miyato et al. 2018)",
                      ("none", "spectral"))
 
@@ -239,7 +242,7 @@ def ignored_fields(cfg: TrainConfig) -> set[str]:
     them out."""
     m = cfg.model
     mlp_only = {"g_hidden", "d_hidden", "d_maxout", "d_dropout", "d_fourier", "d_fourier_scale"}
-    dcgan_only = {"g_channels", "d_channels", "g_upsample", "d_norm", "g_cond"}
+    dcgan_only = {"g_channels", "d_channels", "g_upsample", "d_norm", "d_mbstd", "g_cond"}
     ignored = dcgan_only if m.arch == "mlp" else mlp_only
     if not m.num_classes:
         ignored |= {"g_cond", "d_cond"}
@@ -283,6 +286,9 @@ def validate(cfg: TrainConfig) -> None:
         ("pack", cfg.model.pack >= 1 and cfg.optim.batch_size % cfg.model.pack == 0,
          "must be >= 1 and divide --batch-size"),
         ("pack", cfg.model.pack == 1 or cfg.model.num_classes == 0, "packing is for unconditional models only"),
+        ("d_mbstd", cfg.model.d_mbstd == 0 or (cfg.model.d_mbstd >= 2 and cfg.model.arch == "dcgan"
+                                              and cfg.optim.batch_size % (cfg.model.d_mbstd * cfg.model.pack) == 0),
+         "must be 0 or >= 2 with --arch dcgan, and groups of packed samples must divide --batch-size"),
         ("use_labels", cfg.model.num_classes == 0 or cfg.data.use_labels,
          "conditional models (--num-classes > 0) need --use-labels"),
         ("g_cond", cfg.model.g_cond == "concat" or cfg.model.arch == "dcgan",

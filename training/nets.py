@@ -191,11 +191,36 @@ def _upsample_2x(c_in: int, c_out: int, mode: str) -> nn.Module:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
 
 
+class MinibatchStd(nn.Module):
+    """[N, C, H, W] -> [N, C + 1, H, W]: appends each group's mean feature standard deviation as one constant map.
+
+    Karras et al. 2018 (ProGAN): a batch of fakes with too little variety shows as a small value here, so D can
+    reject it and G is pushed to cover more of the data. Groups are ``group`` *consecutive* samples, not strided
+    ones as in ProGAN: the training loop feeds D [reals; fakes] in one batch, and consecutive groups never mix the
+    two halves (each half's size is a multiple of the group, which the config checks).
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, c, hgt, wid = h.shape
+        if n % self.group:
+            raise ValueError(f"minibatch-std group {self.group} does not divide the batch of {n}")
+        g = h.reshape(n // self.group, self.group, c, hgt, wid)                  # [N/G, G, C, H, W]
+        std = torch.sqrt(g.var(dim=1, unbiased=False) + 1e-8)                 # [N/G, C, H, W]
+        per_group = std.mean(dim=(1, 2, 3))                                   # [N/G]
+        maps = per_group.repeat_interleave(self.group)[:, None, None, None]   # [N, 1, 1, 1]
+        return torch.cat([h, maps.expand(n, 1, hgt, wid)], dim=1)             # [N, C + 1, H, W]
+
+
 class DCGANDiscriminator(nn.Module):
-    """n x (conv 4x4 stride 2, LeakyReLU) -> flatten -> linear logit; no normalisation (keeps R1 well defined)."""
+    """n x (conv 4x4 stride 2, LeakyReLU) [-> minibatch std] -> flatten -> linear logit; no normalisation (keeps
+    R1 well defined)."""
 
     def __init__(self, channels: int, resolution: int, base: int, num_classes: int = 0, pack: int = 1,
-                 cond: str = "projection", norm: str = "none"):
+                 cond: str = "projection", norm: str = "none", mbstd: int = 0):
         super().__init__()
         self.pack, self.num_classes = pack, num_classes
         self.concat = cond == "concat" and num_classes > 0
@@ -205,6 +230,9 @@ class DCGANDiscriminator(nn.Module):
             out = base * 2 ** i
             layers += [nn.Conv2d(width, out, 4, 2, 1), nn.LeakyReLU(0.2)]
             width = out
+        if mbstd:
+            layers.append(MinibatchStd(mbstd))
+            width += 1
         self.features = nn.Sequential(*layers, nn.Flatten())
         feat = width * start * start
         self.head = nn.Linear(feat, 1)
@@ -237,4 +265,4 @@ def build_discriminator(cfg: TrainConfig) -> nn.Module:
         return MLPDiscriminator(shape, list(m.d_hidden), m.d_maxout, m.d_dropout, m.num_classes, m.pack,
                                 m.d_fourier, m.d_fourier_scale, m.d_cond)
     return DCGANDiscriminator(cfg.data.channels, cfg.data.resolution, m.d_channels, m.num_classes, m.pack, m.d_cond,
-                              m.d_norm)
+                              m.d_norm, m.d_mbstd)
