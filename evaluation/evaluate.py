@@ -137,8 +137,10 @@ def real_data(classifier: Classifier, data_dir: str | Path = FMNIST_DIR,
 
 
 def view_metrics(ref: ViewReference, feats: np.ndarray, seed: int) -> dict:
-    """FD, KID and precision/recall of features [N, D] against the test images' features in one view."""
-    return {"fd": M.frechet_distance_features(feats, ref.test_features),
+    """FD (with its mean and covariance terms and the variety ratio), KID and precision/recall of features [N, D]
+    against the test images' features in one view."""
+    fd = M.frechet_breakdown(feats, ref.test_features)
+    return {"fd": fd.pop("fd"), "fd_terms": fd,
             "kid": M.kid(feats, ref.test_features, KID_SUBSETS, KID_SUBSET_SIZE, seed=seed),
             "precision_recall": M.precision_recall(ref.test_features, feats, k=PR_K, real_radii=ref.radii)}
 

@@ -16,9 +16,9 @@ import math
 
 import numpy as np
 
-from core.frechet import frechet_distance_features
+from core.frechet import frechet_breakdown, frechet_distance_features
 
-__all__ = ["frechet_distance_features", "mmd2_unbiased", "kid", "pairwise_sq_dists", "knn_radii",
+__all__ = ["frechet_distance_features", "frechet_breakdown", "mmd2_unbiased", "kid", "pairwise_sq_dists", "knn_radii",
            "precision_recall", "class_coverage", "parzen_log_likelihoods",
            "parzen_select_sigma", "parzen", "nearest_neighbours", "PARZEN_SIGMAS"]
 

@@ -238,6 +238,19 @@ def view_rows(metrics: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+def fd_term_rows(metrics: dict) -> list[tuple[str, ...]]:
+    """(view, mean term, covariance term, variety ratio, floor's variety ratio) per view, formatted."""
+    rows = []
+    for name, m in metrics["metrics"].get("views", {}).items():
+        terms = m.get("fd_terms")
+        if not terms:
+            continue
+        floor = metrics["floor"].get("views", {}).get(name, {}).get("fd_terms", {})
+        rows.append((VIEW_TITLES.get(name, name), _fmt(terms["mean_term"]), _fmt(terms["cov_term"]),
+                     _fmt(terms["variety_ratio"], 3), _fmt(floor.get("variety_ratio"), 3)))
+    return rows
+
+
 def summary_text(metrics: dict) -> str:
     """A few lines for the terminal: where the report is, and every view's numbers beside the floor."""
     src = metrics["source"]
@@ -274,6 +287,14 @@ def write_markdown(metrics: dict, out: Path, plots: dict[str, str]) -> Path:
                   "| view | FD | floor | KID x 1e3 | floor | precision | floor | recall | floor |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         lines += ["| " + " | ".join(r) + " |" for r in view_rows(metrics)]
+        terms = fd_term_rows(metrics)
+        if terms:
+            lines += ["", "Where each FD comes from: the mean term (the average sample is off) and the covariance "
+                      "term (the spread differs); the variety ratio is the total variance of the samples' features "
+                      "over the test images' (below 1: less variety than real data).", "",
+                      "| view | mean term | covariance term | variety ratio | floor |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
+            lines += ["| " + " | ".join(r) + " |" for r in terms]
     cov = metrics["metrics"]["coverage"]
     if cov["missing_classes"]:
         lines += ["", f"Classes never produced (by the classifier): {', '.join(cov['missing_classes'])}."]

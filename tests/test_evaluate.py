@@ -117,6 +117,15 @@ def test_frechet_distance_of_gaussians():
     mean_term = float((x.mean(0) ** 2).sum())                        # means m and 2m
     assert M.frechet_distance_features(x, 2 * x) == pytest.approx(trace + mean_term, rel=1e-9)
     assert trace == pytest.approx(16.0, rel=0.05)
+    # the breakdown: the same FD in its two terms, and the variety ratio Tr(C_a) / Tr(C_b)
+    doubled = M.frechet_breakdown(2 * x, x)
+    assert doubled["fd"] == pytest.approx(M.frechet_distance_features(2 * x, x), rel=1e-12)
+    assert doubled["mean_term"] == pytest.approx(mean_term, rel=1e-9)
+    assert doubled["cov_term"] == pytest.approx(trace, rel=1e-9)
+    assert doubled["variety_ratio"] == pytest.approx(4.0, rel=1e-9)
+    shifted = M.frechet_breakdown(x + mu, x)
+    assert shifted["cov_term"] == pytest.approx(0.0, abs=1e-9) and shifted["variety_ratio"] == pytest.approx(1.0)
+    assert M.frechet_breakdown(0.5 * x, x)["variety_ratio"] == pytest.approx(0.25, rel=1e-9)
 
 
 def test_precision_recall_hand_checked():
@@ -315,6 +324,10 @@ def test_floor_is_far_below_an_untrained_generator(tiny_models, real, tmp_path):
         assert md.manifest["metrics"]["fd"] == m["fd"] and md.manifest["metrics"]["fd_floor"] == f["fd"]
         for view in ("robust", "pixels_pca"):
             assert md.manifest["metrics"][f"fd_{view}"] == m["views"][view]["fd"]
+            terms = m["views"][view]["fd_terms"]
+            assert terms["mean_term"] + terms["cov_term"] == pytest.approx(m["views"][view]["fd"], rel=1e-9)
+            floor_ratio = f["views"][view]["fd_terms"]["variety_ratio"]
+            assert abs(floor_ratio - 1) < 0.1 and abs(terms["variety_ratio"] - 1) > 0.1, (view, terms, floor_ratio)
             assert md.manifest["metrics"][f"fd_{view}"] > 20 * md.manifest["metrics"][f"fd_{view}_floor"], view
     assert "per_class_accuracy" in results["cdc"]["metrics"] and "per_class_accuracy" not in results["dc"]["metrics"]
     assert results["cdc"]["source"]["labels"] == "balanced"
@@ -338,6 +351,7 @@ def test_evaluate_leaves_the_model_directory_alone_by_default(tiny_models, tmp_p
     text = (report / "report.md").read_text()
     given = text.replace(str(model), "").replace(str(CLASSIFIER), "")        # paths the caller passed in
     assert "not found" not in text and str(Path.home()) not in given and "/tmp" not in given, text
+    assert "| view | mean term | covariance term | variety ratio | floor |" in text
     _write_pngs(tmp_path / "imgs", real_data(Classifier(CLASSIFIER), FMNIST).test_images[:200])
     with pytest.raises(EvaluationError, match="--update-model: .* is not a model directory"):
         evaluate(tmp_path / "imgs", n=200, classifier=CLASSIFIER, data_dir=FMNIST, update_model=True)
