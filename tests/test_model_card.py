@@ -27,6 +27,26 @@ def test_card_carries_the_numbers_of_metrics_json_and_the_history_when_given():
     assert "history" not in _model_card().render(SHIPPED, "- x")
 
 
+def test_card_splits_each_fd_when_the_metrics_have_the_terms(tmp_path):
+    """metrics.json written since the FD breakdown: the card has the mean/covariance/variety table, with the
+    numbers of metrics.json; an older metrics.json without the terms gets no such table (and no error)."""
+    import shutil
+    model = shutil.copytree(SHIPPED, tmp_path / "m")
+    metrics = json.loads((model / "metrics.json").read_text())
+    for part in ("metrics", "floor"):
+        for view in metrics[part]["views"].values():
+            view.pop("fd_terms", None)
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    assert "variety ratio" not in _model_card().render(model, "- x")
+    metrics["metrics"]["views"]["pixels_pca"]["fd_terms"] = {"mean_term": 0.0912, "cov_term": 2.034,
+                                                             "variety_ratio": 0.9262}
+    metrics["floor"]["views"]["pixels_pca"]["fd_terms"] = {"mean_term": 0.009, "cov_term": 0.06,
+                                                           "variety_ratio": 1.0068}
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    card = _model_card().render(model, "- x")
+    assert "| pixels, 64 principal components | 0.0912 | 2.034 | 0.926 | 1.01 |" in card, card
+
+
 def test_missing_failure_modes_file_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "tools" / "model_card.py"), str(SHIPPED),
                           "--failure-modes", str(tmp_path / "nope.md")], capture_output=True, text=True)
