@@ -42,7 +42,7 @@ from evaluation.views import ClassifierView, PixelPCAView
 
 __all__ = ["EvaluationError", "evaluate", "measure", "real_data", "floor_metrics", "min_samples"]
 
-METRICS_VERSION = 1
+METRICS_VERSION = 2            # of metrics.json and the cached floor; 2: every view's FD has its fd_terms
 PARZEN_VALID = 2000            # held-out training images for choosing the Parzen sigma
 PARZEN_TEST = 10000            # test images whose log-likelihood is averaged (all of them)
 INCEPTION_REFERENCE = 10000    # test images of the standard-FID reference (all of them)
@@ -169,7 +169,8 @@ def measure(images: np.ndarray, requested: np.ndarray | None, real: RealReferenc
     pred = logits.argmax(1)
     ref = real.test_features
     if "fd" in parts:
-        out["fd"] = timed("fd", lambda: M.frechet_distance_features(feats, ref))
+        fd = timed("fd", lambda: M.frechet_breakdown(feats, ref))
+        out["fd"], out["fd_terms"] = fd.pop("fd"), fd
     if "kid" in parts:
         out["kid"] = timed("kid", lambda: M.kid(feats, ref, KID_SUBSETS, KID_SUBSET_SIZE, seed=seed))
     if "precision_recall" in parts:
@@ -198,8 +199,8 @@ def _all_views(images: np.ndarray, classifier_feats: np.ndarray, done: dict, rea
     """FD, KID and precision/recall in every view; the classifier view reuses what ``measure`` computed."""
     views = {}
     for name, ref in real.views.items():
-        if name == "classifier" and all(k in done for k in ("fd", "kid", "precision_recall")):
-            views[name] = {k: done[k] for k in ("fd", "kid", "precision_recall")}
+        if name == "classifier" and all(k in done for k in ("fd", "fd_terms", "kid", "precision_recall")):
+            views[name] = {k: done[k] for k in ("fd", "fd_terms", "kid", "precision_recall")}
             continue
         feats = classifier_feats if name == "classifier" else ref.view.features(images)
         views[name] = view_metrics(ref, feats, seed)

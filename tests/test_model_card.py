@@ -51,3 +51,19 @@ def test_missing_failure_modes_file_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "tools" / "model_card.py"), str(SHIPPED),
                           "--failure-modes", str(tmp_path / "nope.md")], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "nope.md" in out.stderr
+
+
+def test_writing_the_card_keeps_the_model_directory_verifiable(tmp_path):
+    """The card is a file of the model directory: after writing it the manifest lists its new sha256, so the
+    service (load_model_dir verifies every file) still loads the directory."""
+    import shutil
+
+    from service.modeldir import load_model_dir
+    model = shutil.copytree(SHIPPED, tmp_path / "m")
+    modes = tmp_path / "modes.md"
+    modes.write_text("- **a failure mode written today**\n")
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "model_card.py"), str(model), "--failure-modes",
+                          str(modes)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "a failure mode written today" in (model / "README.md").read_text()
+    assert load_model_dir(model).files["README.md"]["bytes"] == (model / "README.md").stat().st_size

@@ -3,7 +3,8 @@
     python tools/model_card.py models/fmnist-dcgan --failure-modes notes.md
 
 The numbers come from the files the project wrote (the manifest of `gan export`, the metrics.json of
-`gan evaluate --update-model`); only the known failure modes are written by a person (a Markdown file).
+`gan evaluate --update-model`); only the known failure modes are written by a person (a Markdown file). The
+manifest then lists the card with its sha256, like every other file of the directory.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evaluation.report import fd_term_rows, metric_rows, view_rows  # noqa: E402  (after the path set-up above)
+from service.modeldir import read_manifest, write_manifest  # noqa: E402
 
 
 def _training(manifest: dict) -> list[str]:
@@ -81,6 +83,8 @@ def main() -> int:
             print(f"model_card: {need}: file not found", file=sys.stderr)
             return 2
     (args.model_dir / "README.md").write_text(render(args.model_dir, args.failure_modes.read_text(), args.history))
+    # the card is one of the directory's files: re-list them so the service still verifies the directory
+    write_manifest(args.model_dir, read_manifest(args.model_dir))
     print(args.model_dir / "README.md")
     return 0
 
