@@ -344,8 +344,13 @@ def test_http_determinism_under_concurrent_load(server):
 def test_http_429_past_max_concurrency(tiny_models, start_server):
     srv = start_server({"GAN_MODELS": str(tiny_models["dc"]), "GAN_MAX_CONCURRENCY": "2", "GAN_MAX_N": "64"})
     with cf.ThreadPoolExecutor(40) as pool:
-        codes = list(pool.map(lambda _: post(srv, "/generate", {"n": 64, "format": "zip"}).status_code, range(40)))
-    assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        answers = list(pool.map(lambda _: post(srv, "/generate", {"n": 64, "format": "zip"}), range(40)))
+    codes = [a.status_code for a in answers]
+    # past max_concurrency: 429; an admitted request that waited past the batching budget (max_latency_ms) gets
+    # 503, which a busy machine sees now and then (1 run in 4 beside a training); both are overload answers
+    assert 429 in codes and 200 in codes and set(codes) <= {200, 429, 503}, codes
+    for late in (a for a in answers if a.status_code == 503):
+        assert late.json()["field"] == "n" and "batching budget" in late.json()["error"], late.text
     r = post(srv, "/generate", {"n": 1, "seed": 3})
     assert r.status_code == 200 and httpx.get(srv.url + "/readyz").status_code == 200
 
