@@ -238,6 +238,18 @@ def view_rows(metrics: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+def fd_terms_table(metrics: dict) -> list[str]:
+    """Markdown lines: what the FD terms mean, then one row per view (none when metrics.json predates the terms)."""
+    rows = fd_term_rows(metrics)
+    if not rows:
+        return []
+    return ["", "Where each FD comes from: the mean term (the average sample is off) and the covariance term (the "
+            "spread differs); the variety ratio is the total variance of the samples' features over the test "
+            "images' (below 1: less variety than real data).", "",
+            "| view | mean term | covariance term | variety ratio | floor |", "| --- | ---: | ---: | ---: | ---: |",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def fd_term_rows(metrics: dict) -> list[tuple[str, ...]]:
     """(view, mean term, covariance term, variety ratio, floor's variety ratio) per view, formatted."""
     rows = []
@@ -287,14 +299,7 @@ def write_markdown(metrics: dict, out: Path, plots: dict[str, str]) -> Path:
                   "| view | FD | floor | KID x 1e3 | floor | precision | floor | recall | floor |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         lines += ["| " + " | ".join(r) + " |" for r in view_rows(metrics)]
-        terms = fd_term_rows(metrics)
-        if terms:
-            lines += ["", "Where each FD comes from: the mean term (the average sample is off) and the covariance "
-                      "term (the spread differs); the variety ratio is the total variance of the samples' features "
-                      "over the test images' (below 1: less variety than real data).", "",
-                      "| view | mean term | covariance term | variety ratio | floor |",
-                      "| --- | ---: | ---: | ---: | ---: |"]
-            lines += ["| " + " | ".join(r) + " |" for r in terms]
+        lines += fd_terms_table(metrics)
     cov = metrics["metrics"]["coverage"]
     if cov["missing_classes"]:
         lines += ["", f"Classes never produced (by the classifier): {', '.join(cov['missing_classes'])}."]

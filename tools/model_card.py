@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluation.report import fd_term_rows, metric_rows, view_rows  # noqa: E402  (after the path set-up above)
+from evaluation.report import fd_terms_table, metric_rows, view_rows  # noqa: E402  (after the path set-up above)
 from service.modeldir import read_manifest, write_manifest  # noqa: E402
 
 
@@ -57,13 +57,7 @@ def render(model_dir: Path, failure_modes: str, history: str = "") -> str:
              "| view | FD | floor | KID x 1e3 | floor | precision | floor | recall | floor |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += ["| " + " | ".join(r) + " |" for r in view_rows(metrics)]
-    terms = fd_term_rows(metrics)
-    if terms:   # metrics.json of an evaluation before the FD breakdown existed has none
-        lines += ["", "Each FD split into its mean term (the average sample is off) and covariance term (the spread "
-                  "differs); variety ratio = total feature variance of the samples over the test images' (below 1: "
-                  "less variety than real data).", "",
-                  "| view | mean term | covariance term | variety ratio | floor |", "| --- | ---: | ---: | ---: | ---: |"]
-        lines += ["| " + " | ".join(r) + " |" for r in terms]
+    lines += fd_terms_table(metrics)
     lines += ["", "| metric | model | floor |", "| --- | ---: | ---: |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c, _ in metric_rows(metrics)
               if not a.startswith(("Frechet", "KID", "precision", "recall", "Parzen standard", "Parzen sigma"))]
