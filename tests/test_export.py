@@ -31,6 +31,9 @@ ARCHS = {
     "cdcgan": ("fmnist-cdcgan", SMALL_CONV),
     # the shipped recipe: nearest-resize + conv upsampling in G (an ONNX Resize, whose scales stay float32 in fp16)
     "dcgan-resize": ("fmnist-dcgan", {**SMALL_CONV, "g_upsample": "resize", "d_norm": "spectral"}),
+    # self-conditioned: trained on 4 k-means clusters, served unconditional (the cluster drawn from one more latent)
+    "selfcond": ("fmnist-cdcgan", {**SMALL_CONV, "g_upsample": "resize", "clusters": 4, "num_classes": 4,
+                                   "use_labels": False}),
 }
 
 pytestmark = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-MNIST not installed at {FMNIST_DIR}")
@@ -140,7 +143,8 @@ def test_manifest_fields(exported, runs):
         assert 0 < m["training"]["wall_time_s"] < 600 and m["training"]["device"].startswith("cpu: ")
         assert m["preset"] == ARCHS[arch][0] == m["training"]["config"]["preset"]
         assert m["data"]["source"] == "fmnist" and m["data"]["split"] == "train"
-        assert m["latent_dim"] == (100 if arch == "mlp" else 64)
+        assert m["latent_dim"] == {"mlp": 100, "selfcond": 65}.get(arch, 64)
+        assert ("self_conditioning" in m) == (arch == "selfcond")
         assert m["image_shape"] == [28, 28, 1] and m["dtype"] == "uint8" and m["opset"] == 17
         assert m["command"] == f"test {arch}"
         assert set(m["files"]) == {"generator.onnx", "generator.fp16.onnx", "samples.png"}

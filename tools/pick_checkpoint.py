@@ -3,7 +3,8 @@
     python tools/pick_checkpoint.py /work/runs/00001-fmnist-dcgan --n 5000
 
 Each checkpoint's EMA generator (in PyTorch, the same rounding as the ONNX graph) draws n images from one fixed
-latent batch (balanced labels for a conditional model); FD against the test images is measured in the classifier,
+latent batch (balanced labels for a conditional model; a self-conditioned one draws
+its clusters from the latents, as its export does); FD against the test images is measured in the classifier,
 robust-classifier and pixel-PCA views. The score of a checkpoint is the geometric mean over the views of FD / floor
 FD; the lowest wins. Prints one line per checkpoint and the winner.
 """
@@ -27,12 +28,11 @@ def images_of(checkpoint: Path, n: int):
     from training.sampling import generate
 
     ck = load_checkpoint(checkpoint)
-    G = ck.generator(ema=ck.has_ema)
-    cfg = ck.config
+    served = ck.served_generator(ema=ck.has_ema)        # as exported: a self-conditioned G draws its own cluster
     gen = torch.Generator().manual_seed(20261202)
-    z = torch.randn(n, cfg.model.latent_dim, generator=gen)
-    labels = torch.arange(n) % cfg.model.num_classes if cfg.model.num_classes else None
-    return to_uint8(generate(G, z, labels)), ck.step
+    z = torch.randn(n, served.latent_dim, generator=gen)
+    labels = torch.arange(n) % served.num_classes if served.num_classes else None
+    return to_uint8(generate(served.generator, z, labels)), ck.step
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ def _fd_batches(cfg: TrainConfig, data: TrainingData, device) -> tuple[torch.Ten
     n = cfg.run.fd_samples
     gen = torch.Generator().manual_seed(cfg.run.seed + 999)
     real, _ = data.sample(n, gen)
-    z, labels = sample_latents(cfg, n, gen, device)
+    z, labels = sample_latents(cfg, n, gen, device, data.label_prior)
     return real, z, labels
 
 

@@ -3,20 +3,21 @@
 A checkpoint is a plain dict of tensors and JSON-able values (no pickled classes), so
 ``torch.load(weights_only=True)`` reads it:
   format_version, config (TrainConfig as dict), step, G, D, G_ema (or None), opt_G, opt_D,
-  rng {torch, cuda, data}, class_names.
+  rng {torch, cuda, data}, class_names, label_prior (cluster frequencies of --clusters runs, else None).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from core.stats import read_stats
 from service.modeldir import file_sha256  # noqa: F401  (re-exported: one sha256 helper for all)
 from training.config import TrainConfig
-from training.nets import build_generator
+from training.nets import ClusterDrawingGenerator, build_generator
 
 FORMAT_VERSION = 1
 CKPT_DIR = "checkpoints"
@@ -24,6 +25,13 @@ CKPT_DIR = "checkpoints"
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or of an unknown format."""
+
+
+class ServedGenerator(NamedTuple):
+    """A generator as a model directory serves it, with the interface of its graph."""
+    generator: torch.nn.Module     # eval mode; called as generator(z, labels or None)
+    latent_dim: int                # z [N, latent_dim]
+    num_classes: int               # 0: no label input
 
 
 @dataclass
@@ -47,6 +55,22 @@ class Checkpoint:
     @property
     def class_names(self) -> list[str]:
         return list(self.state.get("class_names") or [])
+
+    @property
+    def label_prior(self) -> list[float] | None:
+        """Cluster frequencies [K] of a self-conditioned run (``--clusters``); None otherwise."""
+        return self.state.get("label_prior")
+
+    def served_generator(self, ema: bool = True) -> ServedGenerator:
+        """What a model directory serves: (generator, latent_dim, num_classes). A self-conditioned generator is
+        wrapped to draw its cluster from one extra latent (nets.ClusterDrawingGenerator): unconditional, with
+        latent_dim + 1; every other generator is served as trained."""
+        g, m = self.generator(ema), self.config.model
+        if self.config.data.clusters:
+            if not self.label_prior or len(self.label_prior) != m.num_classes:
+                raise CheckpointError(f"{self.path}: a --clusters run without its cluster frequencies (label_prior)")
+            return ServedGenerator(ClusterDrawingGenerator(g, self.label_prior).eval(), m.latent_dim + 1, 0)
+        return ServedGenerator(g, m.latent_dim, m.num_classes)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

@@ -33,6 +33,11 @@ class DataConfig:
     channels: int = _f(1, "image channels: 1 (grey) or 3 (RGB); images are converted to it")
     use_labels: bool = _f(False, "read class labels (needed by conditional models)")
     limit: int = _f(0, "use only the first N images (0 = all)")
+    clusters: int = _f(0, "self-conditioning (Liu et al. 2020): label every training image by its k-means cluster "
+                          "(k = this; pixels on their first 64 principal components; no class label is read) and "
+                          "train a conditional model on those ids (--num-classes must equal k); the export draws the "
+                          "cluster inside the graph from one extra latent, so the served model is unconditional. "
+                          "0 = off")
 
 
 @dataclass
@@ -249,7 +254,7 @@ def ignored_fields(cfg: TrainConfig) -> set[str]:
     if m.arch == "mlp" and not m.d_fourier:
         ignored.add("d_fourier_scale")
     if cfg.is_toy:
-        ignored |= {"path", "split", "resolution", "channels", "use_labels", "limit", "fd_classifier"}
+        ignored |= {"path", "split", "resolution", "channels", "use_labels", "limit", "clusters", "fd_classifier"}
     elif cfg.data.source != "fmnist":
         ignored.add("split")
     if not cfg.run.fd_every:
@@ -289,8 +294,11 @@ def validate(cfg: TrainConfig) -> None:
         ("d_mbstd", cfg.model.d_mbstd == 0 or (cfg.model.d_mbstd >= 2 and cfg.model.arch == "dcgan"
                                               and cfg.optim.batch_size % (cfg.model.d_mbstd * cfg.model.pack) == 0),
          "must be 0 or >= 2 with --arch dcgan, and groups of packed samples must divide --batch-size"),
-        ("use_labels", cfg.model.num_classes == 0 or cfg.data.use_labels,
-         "conditional models (--num-classes > 0) need --use-labels"),
+        ("use_labels", cfg.model.num_classes == 0 or cfg.data.use_labels or cfg.data.clusters,
+         "conditional models (--num-classes > 0) need --use-labels (or --clusters)"),
+        ("clusters", cfg.data.clusters == 0 or (cfg.data.clusters == cfg.model.num_classes and not cfg.data.use_labels
+                                                and not cfg.is_toy),
+         "self-conditioning needs --num-classes equal to --clusters, no --use-labels, and image data"),
         ("g_cond", cfg.model.g_cond == "concat" or cfg.model.arch == "dcgan",
          "cbn (class-conditional BatchNorm) needs --arch dcgan; the MLP generator has no BatchNorm"),
         ("arch", not (cfg.is_toy and cfg.model.arch != "mlp"), "the 2-D toy mixtures need --arch mlp"),

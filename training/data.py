@@ -72,6 +72,8 @@ class TrainingData:
     class_names: list[str] = field(default_factory=list)
     modes: torch.Tensor | None = None    # float32 [M, 2] for toy mixtures
     mode_std: float = 0.0
+    label_prior: torch.Tensor | None = None   # float32 [K]: cluster frequencies of self-conditioning (--clusters);
+                                              # fake labels are drawn from it (None: uniform over the classes)
 
     def __len__(self) -> int:
         return 0 if self.images is None else len(self.images)
@@ -119,7 +121,23 @@ def load_data(cfg: DataConfig) -> TrainingData:
         images, labels = images[: cfg.limit], None if labels is None else labels[: cfg.limit]
     if cfg.use_labels and labels is None:
         raise DataError(f"{cfg.path}: --use-labels was given but the data has no labels")
+    if cfg.clusters:
+        return _self_conditioned(images, cfg.clusters)
     return TrainingData(_to_tensor(images), torch.from_numpy(labels) if cfg.use_labels else None, class_names)
+
+
+def _self_conditioned(images: np.ndarray, k: int) -> TrainingData:
+    """Images labelled by their k-means cluster (training.clusters), with the clusters' frequencies as prior."""
+    import torch
+
+    from training.clusters import cluster_labels, label_prior
+
+    if len(images) < k:
+        raise DataError(f"--clusters {k}: more clusters than training images ({len(images)})")
+    labels = cluster_labels(images, k)                                        # int64 [N]
+    prior = torch.from_numpy(label_prior(labels, k)).float()                  # [k]
+    return TrainingData(_to_tensor(images), torch.from_numpy(labels), [f"cluster {i}" for i in range(k)],
+                        label_prior=prior)
 
 
 def _pil(arr: np.ndarray):

@@ -26,7 +26,7 @@ from pathlib import Path
 from service.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, ONNX_FILE, file_entry, load_model_dir,
                               validate_manifest)
 from training.bentoml_import import import_to_bentoml
-from training.checkpoint import Checkpoint, file_sha256, load_checkpoint, training_time
+from training.checkpoint import Checkpoint, ServedGenerator, file_sha256, load_checkpoint, training_time
 from training.config import train_command
 from training.export_checks import PARITY_BATCHES, fp16_check, parity_check
 from training.fp16 import convert_fp16
@@ -52,14 +52,14 @@ def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | 
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     _check_exportable(ck)
     use_ema = bool(ema and ck.has_ema)
-    generator = ck.generator(ema=use_ema).float().eval()
+    served = ck.served_generator(ema=use_ema)
     tmp = final.parent / f".{name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         log(f"export: {ck.path} (step {ck.step}, {'EMA generator' if use_ema else 'G'}) -> ONNX opset {opset}")
-        checks = _write_model_files(tmp, ck, generator, opset, fp16, log)
-        manifest = build_manifest(ck, name, opset, use_ema, ema, checks, command)
+        checks = _write_model_files(tmp, ck, served, opset, fp16, log)
+        manifest = build_manifest(ck, served, name, opset, use_ema, ema, checks, command)
         manifest["files"] = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
         validate_manifest(manifest, tmp / MANIFEST)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -100,19 +100,20 @@ def _check_exportable(ck: Checkpoint) -> tuple[int, int, int]:
     return h, w, c
 
 
-def _write_model_files(tmp: Path, ck: Checkpoint, generator, opset: int, fp16: bool, log) -> dict:
+def _write_model_files(tmp: Path, ck: Checkpoint, served: ServedGenerator, opset: int, fp16: bool, log) -> dict:
     """generator.onnx (parity-checked), generator.fp16.onnx (when asked and checked) and samples.png into tmp;
     returns the manifest records {"parity", "fp16", "samples"}."""
     import onnx
 
-    latent_dim, num_classes = ck.config.model.latent_dim, ck.config.model.num_classes
+    generator, latent_dim, num_classes = served.generator.float().eval(), served.latent_dim, served.num_classes
     model = export_onnx(generator, latent_dim, num_classes, opset)
     onnx.save_model(model, tmp / ONNX_FILE)
     parity = parity_check(generator, tmp / ONNX_FILE, latent_dim, num_classes)
     log(f"export: parity vs PyTorch: max diff {parity['max_abs_diff']}, "
         f"{parity['min_identical']:.5%} identical (batches {', '.join(map(str, PARITY_BATCHES))})")
     fp16_info = _write_fp16(tmp, model, generator, latent_dim, num_classes, log) if fp16 else {"exported": False}
-    samples = write_samples_png(tmp / ONNX_FILE, tmp / SAMPLES_FILE, latent_dim, num_classes, _class_names(ck))
+    samples = write_samples_png(tmp / ONNX_FILE, tmp / SAMPLES_FILE, latent_dim, num_classes,
+                                _class_names(ck, num_classes))
     return {"parity": parity, "fp16": fp16_info, "samples": samples}
 
 
@@ -136,15 +137,26 @@ def _write_fp16(tmp: Path, model, generator, latent_dim: int, num_classes: int, 
             "Tanh and uint8 rounding in fp32", **check}
 
 
-def _class_names(ck: Checkpoint) -> list[str]:
-    """The checkpoint's class names, or "0".."K-1" when it has none (or a wrong number) for a K-class model."""
-    k = ck.config.model.num_classes
+def _class_names(ck: Checkpoint, k: int) -> list[str]:
+    """The checkpoint's class names, or "0".."K-1" when it has none (or a wrong number) for a served K-class model
+    (none for an unconditional one, self-conditioned ones included)."""
     names = list(ck.class_names) if k else []
     return names if len(names) == k else [str(i) for i in range(k)]
 
 
-def build_manifest(ck: Checkpoint, name: str, opset: int, use_ema: bool, ema: bool, checks: dict,
-                   command: str) -> dict:
+def _self_conditioning(ck: Checkpoint) -> dict:
+    """The manifest's record of how a self-conditioned model (--clusters) draws its cluster; {} for other models."""
+    if not ck.config.data.clusters:
+        return {}
+    return {"self_conditioning": {
+        "clusters": ck.config.data.clusters, "frequencies": [round(p, 6) for p in ck.label_prior],
+        "drawn_from": "z[:, -1]: cluster = number of cumulative frequencies below Phi(z[:, -1]); "
+                      "z[:, :-1] is the generator's latent",
+        "clustered_in": "k-means of the training images' pixels on their first 64 principal components"}}
+
+
+def build_manifest(ck: Checkpoint, served: ServedGenerator, name: str, opset: int, use_ema: bool, ema: bool,
+                   checks: dict, command: str) -> dict:
     """manifest.json without its "files" table (added once every file is written)."""
     import onnx
     import onnxruntime as ort
@@ -152,7 +164,7 @@ def build_manifest(ck: Checkpoint, name: str, opset: int, use_ema: bool, ema: bo
 
     cfg = ck.config
     h, w, c = _check_exportable(ck)
-    latent_dim, num_classes = cfg.model.latent_dim, cfg.model.num_classes
+    latent_dim, num_classes = served.latent_dim, served.num_classes
     created = dt.datetime.now(dt.timezone.utc)
     inputs = [{"name": "z", "dtype": "float32", "shape": ["batch", latent_dim]}]
     if num_classes:
@@ -164,7 +176,7 @@ def build_manifest(ck: Checkpoint, name: str, opset: int, use_ema: bool, ema: bo
         "format_version": FORMAT_VERSION, "name": name, "version": created.strftime("%Y%m%d.%H%M%S"),
         "created": created.isoformat(timespec="seconds"), "source": source, "step": ck.step, "preset": cfg.preset,
         "data": {"source": cfg.data.source, "split": cfg.data.split, "path": cfg.data.path, "limit": cfg.data.limit},
-        "latent_dim": latent_dim, "num_classes": num_classes, "class_names": _class_names(ck),
+        "latent_dim": latent_dim, "num_classes": num_classes, "class_names": _class_names(ck, num_classes),
         "image_shape": [h, w, c], "dtype": "uint8", "opset": opset, "inputs": inputs,
         "outputs": [{"name": "image", "dtype": "uint8", "shape": ["batch", h, w, c], "layout": "NHWC",
                      "rounding": "clip(floor((tanh_out + 1) * 127.5 + 0.5), 0, 255)"}],
@@ -172,6 +184,6 @@ def build_manifest(ck: Checkpoint, name: str, opset: int, use_ema: bool, ema: bo
                      "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         "parity": checks["parity"], "fp16": checks["fp16"],
         "samples": {"file": SAMPLES_FILE, "model": ONNX_FILE, **checks["samples"]},
-        "metrics": {}, "command": command,
+        **_self_conditioning(ck), "metrics": {}, "command": command,
         "training": {"steps": ck.step, "command": train_command(cfg), **training_time(ck), "config": cfg.to_dict()},
     }

@@ -104,9 +104,10 @@ class TrainState:
     train_seconds: float = 0.0         # wall time spent in the training loop, summed over resumed sessions
     device: str = ""                   # what trained it, e.g. "cpu" or "cuda: NVIDIA H100 80GB HBM3" (latest session)
 
-    def to_checkpoint(self, cfg: TrainConfig, class_names: list[str]) -> dict:
+    def to_checkpoint(self, cfg: TrainConfig, data: TrainingData) -> dict:
+        prior = None if data.label_prior is None else [float(p) for p in data.label_prior]
         return {
-            "config": cfg.to_dict(), "step": self.step, "class_names": class_names,
+            "config": cfg.to_dict(), "step": self.step, "class_names": data.class_names, "label_prior": prior,
             "G": _unwrap(self.G).state_dict(), "D": _unwrap(self.D).state_dict(),
             "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
@@ -175,7 +176,7 @@ def discriminator_step(cfg: TrainConfig, st: TrainState, data: TrainingData, dev
     real, real_labels = data.sample(B, st.data_gen)
     real = real.to(device)
     real_labels = None if real_labels is None else real_labels.to(device)
-    z, fake_labels = sample_latents(cfg, B, st.data_gen, device)
+    z, fake_labels = sample_latents(cfg, B, st.data_gen, device, data.label_prior)
     with torch.no_grad(), amp():
         fake = st.G(z, fake_labels)                                        # [B, *sample_shape]
     r1 = cfg.loss.r1_gamma > 0
@@ -194,9 +195,9 @@ def discriminator_step(cfg: TrainConfig, st: TrainState, data: TrainingData, dev
             "d_fake": torch.sigmoid(fake_logits.float()).mean()}
 
 
-def generator_step(cfg: TrainConfig, st: TrainState, device, amp) -> dict:
-    """One G update through a frozen D."""
-    z, labels = sample_latents(cfg, cfg.optim.batch_size, st.data_gen, device)
+def generator_step(cfg: TrainConfig, st: TrainState, device, amp, prior=None) -> dict:
+    """One G update through a frozen D (labels drawn from ``prior`` when given, as in TrainingData)."""
+    z, labels = sample_latents(cfg, cfg.optim.batch_size, st.data_gen, device, prior)
     # D is used unwrapped and frozen: its weights do not change here, so DDP must not reduce its grads.
     D = _unwrap(st.D).requires_grad_(False)
     with amp():
@@ -215,7 +216,7 @@ def train_step(cfg: TrainConfig, st: TrainState, data: TrainingData, device, amp
     set_learning_rates(cfg, st)
     for _ in range(cfg.loss.d_steps):
         d_stats = discriminator_step(cfg, st, data, device, amp)
-    g_stats = generator_step(cfg, st, device, amp)
+    g_stats = generator_step(cfg, st, device, amp, data.label_prior)
     st.step += 1
     if st.G_ema is not None:
         update_ema(st.G_ema, _unwrap(st.G), cfg.run.ema_decay, st.step)
@@ -346,7 +347,7 @@ def _check_finite(stats: dict, step: int, last_ckpt: Path | None) -> None:
 
 def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: TrainingData, best: bool = False) -> Path:
     """Write a periodic checkpoint (and prune old ones), or checkpoints/best.pt."""
-    state = st.to_checkpoint(cfg, data.class_names)
+    state = st.to_checkpoint(cfg, data)
     if best:
         return ckpt_io.save_checkpoint(run_dir / ckpt_io.CKPT_DIR / "best.pt", state)
     path = ckpt_io.save_checkpoint(ckpt_io.checkpoint_path(run_dir, st.step), state)

@@ -251,6 +251,27 @@ class DCGANDiscriminator(nn.Module):
         return _project(self.head(h).squeeze(1), h, self.embed, labels)
 
 
+class ClusterDrawingGenerator(nn.Module):
+    """A self-conditioned generator (trained on k-means cluster ids, ``--clusters``) as an unconditional one.
+
+    z [N, latent_dim + 1] ~ N(0, I): the last coordinate u picks the cluster by inverting the clusters' cumulative
+    frequencies at Phi(u) (so clusters come out as often as in the training data), the rest is G's own z. Seeded
+    latents therefore fix the cluster too, and the exported graph needs no label input.
+    """
+
+    def __init__(self, generator: nn.Module, prior):
+        super().__init__()
+        self.generator = generator
+        cumulative = torch.cumsum(torch.as_tensor(prior, dtype=torch.float64), 0)[:-1]
+        self.register_buffer("thresholds", cumulative.float())                 # [K - 1] ascending in (0, 1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # Phi(u) ~ U(0, 1); the cluster is how many cumulative frequencies lie below it
+        uniform = 0.5 * (1.0 + torch.erf(z[:, -1] / math.sqrt(2.0)))            # [N]
+        cluster = (uniform[:, None] > self.thresholds[None, :]).sum(dim=1)     # int64 [N] in 0..K-1
+        return self.generator(z[:, :-1], cluster)
+
+
 def build_generator(cfg: TrainConfig) -> nn.Module:
     m, shape = cfg.model, cfg.data_shape()
     if m.arch == "mlp":

@@ -1,4 +1,4 @@
-"""Drawing from a generator: latents (and uniform labels) from an explicit torch.Generator, and G run in eval mode
+"""Drawing from a generator: latents (and labels) from an explicit torch.Generator, and G run in eval mode
 over them in chunks. Used by the loop, the best-checkpoint FD, the toy benchmark and rejection sampling."""
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from torch import nn
 from training.config import TrainConfig
 
 
-def sample_latents(cfg: TrainConfig, n: int, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """z [n, latent_dim] ~ N(0, I) and, for conditional models, uniform labels [n]."""
+def sample_latents(cfg: TrainConfig, n: int, gen: torch.Generator, device,
+                   prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z [n, latent_dim] ~ N(0, I) and, for conditional models, labels [n]: uniform, or drawn from ``prior`` [K]
+    (the cluster frequencies of a self-conditioned model)."""
     z = torch.randn(n, cfg.model.latent_dim, generator=gen)
-    labels = torch.randint(cfg.model.num_classes, (n,), generator=gen) if cfg.model.num_classes else None
+    labels = None
+    if prior is not None:
+        labels = torch.multinomial(prior, n, replacement=True, generator=gen)
+    elif cfg.model.num_classes:
+        labels = torch.randint(cfg.model.num_classes, (n,), generator=gen)
     return z.to(device), None if labels is None else labels.to(device)
 
 

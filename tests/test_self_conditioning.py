@@ -1,0 +1,159 @@
+"""Self-conditioning (``--clusters``): k-means labels, the cluster prior, the generator that draws its cluster from
+one extra latent, and a trained and exported self-conditioned model served as an unconditional one."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from core.fmnist import FMNIST_DIR
+from service.latents import latents
+from service.modeldir import load_model_dir
+from training.checkpoint import load_checkpoint
+from training.clusters import cluster_labels, kmeans, label_prior
+from training.config import make_config
+from training.data import load_data
+from training.export import export_model
+from training.loop import train
+from training.nets import ClusterDrawingGenerator
+
+needs_fmnist = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-MNIST not installed at {FMNIST_DIR}")
+
+
+def _blobs(sizes, dim=5, spread=0.05, seed=0):
+    """Points [sum(sizes), dim] around well-separated centres, and which centre each came from."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (len(sizes), dim))
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    return centres[truth] + spread * rng.standard_normal((len(truth), dim)), truth
+
+
+# ---------------------------------------------------------------- k-means
+
+def test_kmeans_recovers_separated_blobs_numbered_by_size():
+    x, truth = _blobs([50, 300, 120, 80])
+    labels, centres = kmeans(x, 4, seed=3)
+    assert labels.dtype == np.int64 and centres.shape == (4, 5)
+    # every blob is one cluster, and clusters are numbered largest first: blob sizes 300, 120, 80, 50
+    assert [int(np.unique(labels[truth == b]).item()) for b in range(4)] == [3, 0, 1, 2]
+    assert np.allclose(centres[0], x[truth == 1].mean(0))
+
+
+def test_kmeans_is_deterministic_per_seed_and_order_free():
+    x, _ = _blobs([40, 40, 40], spread=3.0, seed=1)          # overlapping: the answer depends on the seeding
+    a, _ = kmeans(x, 3, seed=7)
+    b, _ = kmeans(x, 3, seed=7)
+    assert np.array_equal(a, b)
+    sizes = np.bincount(a, minlength=3)
+    assert list(sizes) == sorted(sizes, reverse=True)
+
+
+def test_kmeans_keeps_k_clusters_on_duplicates_and_rejects_bad_k():
+    x = np.concatenate([np.zeros((30, 2)), np.ones((3, 2))])
+    labels, _ = kmeans(x, 2)
+    assert sorted(np.bincount(labels)) == [3, 30]
+    labels, _ = kmeans(np.zeros((10, 3)), 3)                 # all points equal: no crash, labels in range
+    assert labels.min() >= 0 and labels.max() < 3
+    for k in (0, 11):
+        with pytest.raises(ValueError, match="k-means needs"):
+            kmeans(np.zeros((10, 3)), k)
+
+
+def test_label_prior():
+    prior = label_prior(np.array([0, 0, 1, 3, 3, 3]), 5)
+    assert np.allclose(prior, [2 / 6, 1 / 6, 0, 3 / 6, 0]) and prior.sum() == pytest.approx(1.0)
+
+
+def test_cluster_labels_group_images_that_look_alike():
+    rng = np.random.default_rng(0)
+    # two kinds of 8x8 images: bright left half or bright bottom half, with pixel noise
+    left, bottom = np.zeros((8, 8)), np.zeros((8, 8))
+    left[:, :4], bottom[4:, :] = 200, 200
+    kinds = rng.integers(0, 2, 200)
+    images = np.where(kinds[:, None, None] == 0, left, bottom) + rng.normal(0, 20, (200, 8, 8))
+    labels = cluster_labels(np.clip(images, 0, 255).astype(np.uint8)[..., None], 2)
+    assert len(set(zip(kinds.tolist(), labels.tolist()))) == 2   # one cluster per kind
+
+
+# ---------------------------------------------------------------- the generator that draws its cluster
+
+class _EchoLabels(torch.nn.Module):
+    """A stand-in generator returning [label, z...] so the wrapper's routing can be read back."""
+
+    def forward(self, z, labels):
+        return torch.cat([labels[:, None].float(), z], dim=1)
+
+
+def test_cluster_is_drawn_with_the_prior_frequencies():
+    prior = [0.5, 0.1, 0.3, 0.1]
+    g = ClusterDrawingGenerator(_EchoLabels(), prior)
+    z = torch.randn(200_000, 4, generator=torch.Generator().manual_seed(0))
+    out = g(z)
+    clusters = out[:, 0].long()
+    assert torch.equal(out[:, 1:], z[:, :-1])                                  # G sees z without its last coordinate
+    freq = torch.bincount(clusters, minlength=4).double() / len(z)
+    assert torch.allclose(freq, torch.tensor(prior, dtype=torch.float64), atol=0.005)
+    # the last coordinate alone decides: monotone in it, whatever the rest
+    u = torch.linspace(-4, 4, 101)
+    z2 = torch.cat([torch.randn(101, 3), u[:, None]], dim=1)
+    steps = g(z2)[:, 0]
+    assert torch.all(steps[1:] >= steps[:-1]) and steps[0] == 0 and steps[-1] == 3
+
+
+# ---------------------------------------------------------------- config, data, training and export
+
+def test_config_checks_name_clusters():
+    with pytest.raises(ValueError, match="--clusters"):
+        make_config("fmnist-cdcgan", {"clusters": 5, "num_classes": 10, "use_labels": False})
+    with pytest.raises(ValueError, match="--clusters"):
+        make_config("fmnist-cdcgan", {"clusters": 10})                        # class labels asked for as well
+    with pytest.raises(ValueError, match="--use-labels"):
+        make_config("fmnist-cdcgan", {"use_labels": False})                    # conditional, no labels of any kind
+    make_config("fmnist-cdcgan", {"clusters": 10, "use_labels": False})
+
+
+@needs_fmnist
+def test_self_conditioned_run_exports_an_unconditional_model(tmp_path):
+    overrides = {"clusters": 3, "num_classes": 3, "use_labels": False, "limit": 300, "steps": 2, "log_every": 1,
+                 "sample_every": 0, "fd_every": 2, "fd_samples": 64, "g_channels": 8, "d_channels": 8,
+                 "out_dir": str(tmp_path)}
+    cfg = make_config("fmnist-cdcgan", overrides)
+    data = load_data(cfg.data)
+    counts = np.bincount(data.labels.numpy(), minlength=3)
+    assert counts.sum() == 300 and counts.min() > 0
+    assert data.class_names == ["cluster 0", "cluster 1", "cluster 2"]
+    run = train(cfg, log=lambda m: None)
+    ck = load_checkpoint(run)
+    assert np.allclose(ck.label_prior, counts / 300)
+    assert load_checkpoint(run / "checkpoints" / "best.pt").label_prior == ck.label_prior
+
+    # served: z [N, 65], no label input, and the graph draws the same cluster as the PyTorch wrapper
+    md = load_model_dir(export_model(run, "selfcond", out_dir=tmp_path / "models", log=lambda m: None))
+    assert (md.latent_dim, md.num_classes) == (65, 0)
+    assert md.manifest["self_conditioning"]["clusters"] == 3
+    z = latents(123, 0, 256, md.latent_dim)
+    onnx_images = ort.InferenceSession(str(md.onnx_path), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+    served = ck.served_generator()
+    with torch.no_grad():
+        torch_images = served.generator(torch.from_numpy(z))                   # [256, 1, 28, 28] in [-1, 1]
+    expect = np.clip(np.floor((torch_images.numpy() + 1) * 127.5 + 0.5), 0, 255).transpose(0, 2, 3, 1)
+    assert np.abs(onnx_images.astype(int) - expect.astype(int)).max() <= 1
+    # the graph's cluster boundaries are the checkpoint's cumulative frequencies
+    thresholds = served.generator.thresholds.tolist()
+    assert np.allclose(thresholds, np.cumsum(ck.label_prior)[:-1], atol=1e-6)
+    assert all(a < b for a, b in itertools.pairwise(thresholds))
+
+
+def test_served_generator_refuses_a_cluster_run_without_its_prior(tmp_path):
+    cfg = make_config("fmnist-cdcgan", {"clusters": 3, "num_classes": 3, "use_labels": False, "g_channels": 8,
+                                        "d_channels": 8})
+    from training.checkpoint import Checkpoint, CheckpointError
+    from training.nets import build_generator
+
+    state = {"config": cfg.to_dict(), "G": build_generator(cfg).state_dict(), "G_ema": None, "label_prior": None}
+    with pytest.raises(CheckpointError, match="label_prior"):
+        Checkpoint(tmp_path / "x.pt", cfg, 0, state).served_generator()
