@@ -67,3 +67,11 @@ def test_writing_the_card_keeps_the_model_directory_verifiable(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "a failure mode written today" in (model / "README.md").read_text()
     assert load_model_dir(model).files["README.md"]["bytes"] == (model / "README.md").stat().st_size
+
+
+def test_card_names_what_the_model_is_conditioned_on():
+    kind = _model_card()._kind
+    assert kind({"num_classes": 10}) == "class-conditional (10 classes)"
+    assert kind({"num_classes": 0}) == "unconditional"
+    selfcond = kind({"num_classes": 0, "self_conditioning": {"clusters": 20}})
+    assert selfcond.startswith("unconditional (self-conditioned") and "20 k-means clusters" in selfcond

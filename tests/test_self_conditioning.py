@@ -157,3 +157,40 @@ def test_served_generator_refuses_a_cluster_run_without_its_prior(tmp_path):
     state = {"config": cfg.to_dict(), "G": build_generator(cfg).state_dict(), "G_ema": None, "label_prior": None}
     with pytest.raises(CheckpointError, match="label_prior"):
         Checkpoint(tmp_path / "x.pt", cfg, 0, state).served_generator()
+
+
+class _ClusterImages(torch.nn.Module):
+    """A stand-in generator whose image is set by the cluster alone (cluster c: every pixel at a distinct level),
+    so choosing another cluster moves every pixel by ~40 grey levels."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.levels = torch.nn.Embedding(k, 28 * 28)
+        with torch.no_grad():
+            self.levels.weight.copy_(torch.linspace(-1.5, 1.5, k)[:, None].expand(k, 28 * 28))
+
+    def forward(self, z, labels):
+        x = self.levels(labels) + 0.0 * z.sum(dim=1, keepdim=True)            # [N, 784]
+        return torch.tanh(x).view(len(z), 1, 28, 28)
+
+
+def test_fp16_graph_picks_the_same_cluster_as_fp32_near_every_boundary():
+    """The fp16 export keeps the cluster choice in fp32: latents a hair either side of each boundary (closer than
+    fp16 can resolve) get the same cluster, hence the same image, in both graphs."""
+    from statistics import NormalDist
+
+    from training.fp16 import convert_fp16
+    from training.onnx_export import export_onnx
+
+    prior = [0.07, 0.13, 0.2, 0.15, 0.05, 0.1, 0.3]
+    wrapped = ClusterDrawingGenerator(_ClusterImages(len(prior)), prior).eval()
+    model = export_onnx(wrapped, 5, 0, 17)
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (model, convert_fp16(model))]
+    # the boundaries in z-space: Phi^-1 of the cumulative frequencies, then 2e-4 either side (fp16 spacing near 1: 1e-3)
+    edges = [NormalDist().inv_cdf(c) for c in np.cumsum(prior)[:-1]]
+    last = np.array([e + d for e in edges for d in (-2e-4, -5e-5, 5e-5, 2e-4)], dtype=np.float32)
+    z = np.concatenate([np.zeros((len(last), 4), np.float32), last[:, None]], axis=1)
+    full, half = (s.run(None, {"z": z})[0].astype(int) for s in sessions)
+    assert len(np.unique(full[:, 0, 0, 0])) == len(prior)                      # every cluster is hit
+    assert np.abs(full - half).max() <= 1

@@ -31,16 +31,28 @@ def _training(manifest: dict) -> list[str]:
         f"- training command: `{t.get('command', 'not recorded')}`",
         f"- exported: `{manifest.get('command')}` (step {steps:,} of the run, generator `{manifest['source']['generator']}`)",
         f"- data: Fashion-MNIST {manifest['data']['split']} split (60,000 images, "
-        f"`apt-get install dataset-fashion-mnist`)" + ("; class labels" if manifest.get("num_classes") else ""),
+        f"`apt-get install dataset-fashion-mnist`)" + ("; class labels" if manifest.get("num_classes") else "")
+        + ("; no labels (k-means cluster ids in their place)" if manifest.get("self_conditioning") else ""),
         f"- images seen by G and D: {steps * batch:,} ({steps:,} steps x batch {batch})" if steps and batch else "",
         f"- wall time to the exported step: {minutes}; machine: {t.get('device') or 'a 2-core CPU'}",
     ]
 
 
+def _kind(manifest: dict) -> str:
+    """What the model is conditioned on, in words."""
+    if manifest.get("num_classes"):
+        return f"class-conditional ({manifest['num_classes']} classes)"
+    selfcond = manifest.get("self_conditioning")
+    if selfcond:
+        return (f"unconditional (self-conditioned: trained on {selfcond['clusters']} k-means clusters of the "
+                "training images, no class labels; the graph draws the cluster from z's last coordinate)")
+    return "unconditional"
+
+
 def render(model_dir: Path, failure_modes: str, history: str = "") -> str:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    kind = f"class-conditional ({manifest['num_classes']} classes)" if manifest.get("num_classes") else "unconditional"
+    kind = _kind(manifest)
     article = "An" if kind.startswith("u") else "A"
     lines = [f"# Model card: `{manifest['name']}`", "",
              f"{article} {kind} GAN generator for 28x28 grey Fashion-MNIST images, exported to ONNX "

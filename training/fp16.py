@@ -1,4 +1,5 @@
-"""The fp16 variant of an exported generator graph: fp16 weights and arithmetic up to the final Tanh, fp32 after.
+"""The fp16 variant of an exported generator graph: fp16 weights and arithmetic up to the final Tanh, fp32 after,
+and the graph's discrete choices (comparisons and what they read, e.g. a self-conditioned G's cluster) in fp32.
 
 z stays a float32 input (cast inside the graph); the Tanh and the uint8 rounding run in fp32 (fp16's spacing of
 0.125 near 255 would move pixels by a grey level at random). The generators use only type-generic ops (Gemm,
@@ -14,6 +15,8 @@ import numpy as np
 
 from training.onnx_export import ExportError
 
+COMPARISONS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
+
 
 def convert_fp16(model):
     """An onnx.ModelProto -> its fp16 copy (see the module docstring); the input model is not changed."""
@@ -24,10 +27,13 @@ def convert_fp16(model):
     graph = half.graph
     body, tail = _split_at_last_tanh(list(graph.node))
     tail_in = {i for n in tail for i in n.input}
+    # the discrete choices (a self-conditioned G's cluster from z) stay fp32; everything else in the body is halved
+    decisions = _decision_nodes(body)
+    arithmetic = [n for n in body if not any(n is d for d in decisions)]
     keep_fp32 = {n.input[i] for n in body if n.op_type == "Resize" for i in (1, 2) if i < len(n.input)}
-    _halve_initializers(graph, body, tail_in, keep_fp32)
-    _halve_constants_and_casts(body, keep_fp32)
-    head, bridge = _casts_around_body(body, tail, tail_in)
+    _halve_initializers(graph, arithmetic, tail_in, keep_fp32)
+    _halve_constants_and_casts(arithmetic, keep_fp32)
+    head, bridge = _casts_around_body(arithmetic, tail, tail_in)
     del graph.node[:]
     graph.node.extend(head + body + bridge + tail)
     del graph.value_info[:]                    # stale float32 annotations; shapes are re-inferred
@@ -44,6 +50,22 @@ def _split_at_last_tanh(nodes: list) -> tuple[list, list]:
     if not tanh:
         raise ExportError("fp16: the graph has no final Tanh to split the fp16 body from the fp32 rounding")
     return nodes[:tanh[-1]], nodes[tanh[-1]:]
+
+
+def _decision_nodes(body: list) -> list:
+    """The comparisons in the body and every body node they read from: the graph's discrete choices, such as a
+    self-conditioned generator's cluster (training.nets.ClusterDrawingGenerator: Phi(z[:, -1]) against the
+    clusters' cumulative frequencies). They stay fp32, reading the fp32 z: rounded to fp16, a latent near a boundary
+    would pick the neighbouring cluster, a wholly different image rather than a grey level off."""
+    producer = {o: n for n in body for o in n.output}
+    found, stack = [], [n for n in body if n.op_type in COMPARISONS]
+    while stack:
+        node = stack.pop()
+        if any(node is f for f in found):
+            continue
+        found.append(node)
+        stack += [producer[i] for i in node.input if i in producer]
+    return found
 
 
 def _halve_initializers(graph, body: list, tail_in: set[str], keep_fp32: set[str]) -> None:
