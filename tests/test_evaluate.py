@@ -255,9 +255,11 @@ def test_every_view_rises_steeply_with_degradation(every_view, kind):
 
 
 def test_views_agree_on_a_ranked_set_of_generators(tiny_models, every_view):
-    """Real training images, the two shipped models and a 3-step model (1500 samples each): every view orders them
-    the same way by FD, with the real images first and the untrained model last. (The two 3-step models are not both
-    in the set: they are equally bad, within 2-5% of each other, and the views order them differently.)"""
+    """Real training images, the two shipped models and a 3-step model (1500 samples each): every view puts the
+    real images first, the untrained model last and both shipped models between them. The two shipped models are
+    not ranked against each other: since the self-conditioned default model (2026-12-02) the views disagree on them
+    (pixels_pca puts the default model ahead, the classifier views the conditional one; docs/quality.md says so).
+    (The two 3-step models are not both in the set either: equally bad, within 2-5%, ordered differently.)"""
     from core.frechet import frechet_distance_features
 
     sets = {"real": every_view.train_images[every_view.floor_order[:1500]]}
@@ -265,14 +267,13 @@ def test_views_agree_on_a_ranked_set_of_generators(tiny_models, every_view):
                         ("fmnist-cdcgan", REPO / "models" / "fmnist-cdcgan"),
                         ("tiny-dc", tiny_models["dc"])):
         sets[name] = load_source(str(model), 1500, 0, (28, 28, 1)).images
-    orders = {}
     for view, ref in every_view.views.items():
         fd = {name: frechet_distance_features(ref.view.features(images), ref.test_features)
               for name, images in sets.items()}
-        orders[view] = sorted(fd, key=fd.get)
-        print(f"\n{view}: " + ", ".join(f"{k} {fd[k]:.3f}" for k in orders[view]))
-    assert all(order == orders["classifier"] for order in orders.values()), orders
-    assert orders["classifier"][0] == "real" and orders["classifier"][-1] == "tiny-dc"
+        print(f"\n{view}: " + ", ".join(f"{k} {fd[k]:.3f}" for k in sorted(fd, key=fd.get)))
+        for shipped in ("fmnist-dcgan", "fmnist-cdcgan"):
+            # at least 2x apart from each end (the closest today: real 0.25 vs the default 0.67 in pixels_pca)
+            assert 2 * fd["real"] < fd[shipped] and 2 * fd[shipped] < fd["tiny-dc"], (view, shipped, fd)
 
 
 def test_one_class_generator_is_caught(real, tmp_path):
