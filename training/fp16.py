@@ -28,7 +28,7 @@ def convert_fp16(model):
     body, tail = _split_at_last_tanh(list(graph.node))
     tail_in = {i for n in tail for i in n.input}
     # the discrete choices (a self-conditioned G's cluster from z) stay fp32; everything else in the body is halved
-    decisions = _decision_nodes(body)
+    decisions = decision_nodes(body)
     arithmetic = [n for n in body if not any(n is d for d in decisions)]
     keep_fp32 = {n.input[i] for n in body if n.op_type == "Resize" for i in (1, 2) if i < len(n.input)}
     _halve_initializers(graph, arithmetic, tail_in, keep_fp32)
@@ -52,7 +52,7 @@ def _split_at_last_tanh(nodes: list) -> tuple[list, list]:
     return nodes[:tanh[-1]], nodes[tanh[-1]:]
 
 
-def _decision_nodes(body: list) -> list:
+def decision_nodes(body: list) -> list:
     """The comparisons in the body and every body node they read from: the graph's discrete choices, such as a
     self-conditioned generator's cluster (training.nets.ClusterDrawingGenerator: Phi(z[:, -1]) against the
     clusters' cumulative frequencies). They stay fp32, reading the fp32 z: rounded to fp16, a latent near a boundary
