@@ -194,3 +194,15 @@ def test_fp16_graph_picks_the_same_cluster_as_fp32_near_every_boundary():
     full, half = (s.run(None, {"z": z})[0].astype(int) for s in sessions)
     assert len(np.unique(full[:, 0, 0, 0])) == len(prior)                      # every cluster is hit
     assert np.abs(full - half).max() <= 1
+
+
+@needs_fmnist
+def test_resume_refuses_clusters_that_changed(tmp_path):
+    """The clusters are recomputed from the data at every start; a resume on other data (here another --limit)
+    would silently relabel every image, so it stops with a message naming --clusters instead."""
+    base = {"clusters": 3, "num_classes": 3, "use_labels": False, "limit": 300, "steps": 1, "log_every": 1,
+            "sample_every": 0, "fd_every": 0, "g_channels": 8, "d_channels": 8, "out_dir": str(tmp_path)}
+    run = train(make_config("fmnist-cdcgan", base), log=lambda m: None)
+    train(make_config("fmnist-cdcgan", {**base, "steps": 2}), resume=run, log=lambda m: None)   # same data: fine
+    with pytest.raises(ValueError, match="--clusters"):
+        train(make_config("fmnist-cdcgan", {**base, "steps": 3, "limit": 200}), resume=run, log=lambda m: None)

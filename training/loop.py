@@ -366,7 +366,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
                          "train it in one process")
     data = load_data(cfg.data)
     st = build_state(cfg, device, dist_info)
-    run_dir = _open_run_dir(cfg, resume, st, dist_info)
+    run_dir = _open_run_dir(cfg, resume, st, dist_info, data)
     use_amp = cfg.run.amp and device.type == "cuda"
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     recorder = Recorder(run_dir, cfg.run.steps, st.step, dist_info.main, log)
@@ -420,10 +420,11 @@ def _record_fd(cfg, st: TrainState, judge: FDJudge, g_eval, data, run_dir: Path)
         save(cfg, st, run_dir, data, best=True)
 
 
-def _open_run_dir(cfg: TrainConfig, resume, st: TrainState, dist_info: Dist) -> Path:
+def _open_run_dir(cfg: TrainConfig, resume, st: TrainState, dist_info: Dist, data: TrainingData) -> Path:
     """A new numbered run dir with config.json, or the resumed one with its state loaded."""
     if resume:
         ck = ckpt_io.load_checkpoint(resume)
+        _check_same_clusters(ck, data)
         st.load_checkpoint(ck.state)
         run_dir = Path(resume) if Path(resume).is_dir() else ck.path.parent.parent
         if dist_info.main:
@@ -437,6 +438,18 @@ def _open_run_dir(cfg: TrainConfig, resume, st: TrainState, dist_info: Dist) -> 
     if dist_info.world > 1:
         dist.broadcast_object_list(holder, src=0)
     return Path(holder[0])
+
+
+def _check_same_clusters(ck: ckpt_io.Checkpoint, data: TrainingData) -> None:
+    """A self-conditioned run's clusters are recomputed from the data at every start: refuse a resume whose clusters
+    came out different (other data or --limit), which would silently relabel every training image."""
+    now = None if data.label_prior is None else [float(p) for p in data.label_prior]
+    if now is None and ck.label_prior is None:
+        return
+    if now is None or ck.label_prior is None or len(now) != len(ck.label_prior) or \
+            max(abs(a - b) for a, b in zip(now, ck.label_prior)) > 1e-6:
+        raise ValueError(f"--clusters: the clusters of this data differ from those {ck.path} was trained on "
+                         "(cluster frequencies changed: other data, --limit or --clusters); resume on the same data")
 
 
 def _check_ranks_in_sync(G: nn.Module, dist_info: Dist) -> None:
