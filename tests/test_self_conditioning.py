@@ -206,3 +206,37 @@ def test_resume_refuses_clusters_that_changed(tmp_path):
     train(make_config("fmnist-cdcgan", {**base, "steps": 2}), resume=run, log=lambda m: None)   # same data: fine
     with pytest.raises(ValueError, match="--clusters"):
         train(make_config("fmnist-cdcgan", {**base, "steps": 3, "limit": 200}), resume=run, log=lambda m: None)
+
+
+@needs_fmnist
+def test_bench_engine_runs_pytorch_as_the_model_directory_serves(tmp_path):
+    """`gan bench engine` times PyTorch on the generator the directory serves: for a self-conditioned model that is
+    the cluster-drawing wrapper (z [N, latent_dim + 1], no label), with or without its checkpoint on this machine."""
+    import json
+    import shutil
+
+    from training.benchmarks import flops_per_image, torch_generator
+
+    overrides = {"clusters": 3, "num_classes": 3, "use_labels": False, "limit": 300, "steps": 1, "log_every": 1,
+                 "sample_every": 0, "fd_every": 0, "g_channels": 8, "d_channels": 8, "out_dir": str(tmp_path)}
+    run = train(make_config("fmnist-cdcgan", overrides), log=lambda m: None)
+    path = export_model(run, "selfcond", out_dir=tmp_path / "models", fp16=False, log=lambda m: None)
+    md = load_model_dir(path)
+    z = latents(5, 0, 4, md.latent_dim)
+    onnx_images = ort.InferenceSession(str(md.onnx_path), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+    with torch.no_grad():
+        generator, how = torch_generator(md)                                    # the checkpoint is here
+        assert how.startswith("checkpoint")
+        out = generator(torch.from_numpy(z), None)                             # [4, 1, 28, 28]
+    expect = np.clip(np.floor((out.numpy() + 1) * 127.5 + 0.5), 0, 255).transpose(0, 2, 3, 1)
+    assert np.abs(onnx_images.astype(int) - expect).max() <= 1
+    assert flops_per_image(generator, md.latent_dim, md.num_classes) > 0
+    # without the checkpoint: the architecture rebuilt from the manifest, still served the same way
+    moved = shutil.copytree(path, tmp_path / "moved")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["source"]["checkpoint"] = str(tmp_path / "gone.pt")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    rebuilt, how = torch_generator(load_model_dir(moved))
+    assert how.startswith("same architecture")
+    with torch.no_grad():
+        assert rebuilt(torch.from_numpy(z), None).shape == (4, 1, 28, 28)

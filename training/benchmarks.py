@@ -46,14 +46,13 @@ def naive_loop(checkpoint: str, count: int, out_dir: Path) -> float:
 
     from training.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(checkpoint)
-    G = ck.generator()
+    G, latent_dim, num_classes = load_checkpoint(checkpoint).served_generator()
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in range(count):
-            z = torch.randn(1, ck.config.model.latent_dim, generator=gen)
-            labels = torch.tensor([i % ck.config.model.num_classes]) if ck.config.model.num_classes else None
+            z = torch.randn(1, latent_dim, generator=gen)
+            labels = torch.tensor([i % num_classes]) if num_classes else None
             image = to_uint8(G(z, labels).numpy())[0]                           # [H, W, C]
             Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(out_dir / f"{i:09d}.png")
     return count / (time.perf_counter() - t0)
@@ -131,19 +130,23 @@ def peak_gflops() -> float:
 
 
 def torch_generator(model_dir):
-    """(generator, how): the manifest's checkpoint when it is on this machine, else the same architecture
-    rebuilt from the manifest's training config (untrained weights: speed does not depend on their values)."""
-    from training.checkpoint import load_checkpoint
+    """(generator as the directory serves it, how): the manifest's checkpoint when it is on this machine, else the
+    same architecture rebuilt from the manifest's training config (untrained weights: speed does not depend on their
+    values)."""
+    from training.checkpoint import load_checkpoint, served_generator
     from training.config import TrainConfig
     from training.nets import build_generator
 
     checkpoint = model_dir.manifest.get("source", {}).get("checkpoint")
     if checkpoint and Path(checkpoint).exists():
-        return load_checkpoint(checkpoint).generator(), f"checkpoint {checkpoint}"
+        return load_checkpoint(checkpoint).served_generator().generator, f"checkpoint {checkpoint}"
     config = (model_dir.manifest.get("training") or {}).get("config")
     if not config:
         raise ValueError(f"{model_dir.path}: the manifest has no training config to rebuild the generator from")
-    return build_generator(TrainConfig.from_dict(config)).eval(), "same architecture (checkpoint not on this machine)"
+    cfg = TrainConfig.from_dict(config)
+    prior = (model_dir.manifest.get("self_conditioning") or {}).get("frequencies")
+    served = served_generator(cfg, build_generator(cfg).eval(), prior, model_dir.path)
+    return served.generator, "same architecture (checkpoint not on this machine)"
 
 
 def flops_per_image(generator, latent_dim: int, num_classes: int) -> float:

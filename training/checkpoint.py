@@ -62,15 +62,22 @@ class Checkpoint:
         return self.state.get("label_prior")
 
     def served_generator(self, ema: bool = True) -> ServedGenerator:
-        """What a model directory serves: (generator, latent_dim, num_classes). A self-conditioned generator is
-        wrapped to draw its cluster from one extra latent (nets.ClusterDrawingGenerator): unconditional, with
-        latent_dim + 1; every other generator is served as trained."""
-        g, m = self.generator(ema), self.config.model
-        if self.config.data.clusters:
-            if not self.label_prior or len(self.label_prior) != m.num_classes:
-                raise CheckpointError(f"{self.path}: a --clusters run without its cluster frequencies (label_prior)")
-            return ServedGenerator(ClusterDrawingGenerator(g, self.label_prior).eval(), m.latent_dim + 1, 0)
-        return ServedGenerator(g, m.latent_dim, m.num_classes)
+        """What a model directory made from this checkpoint serves (see ``served_generator``)."""
+        return served_generator(self.config, self.generator(ema), self.label_prior, self.path)
+
+
+def served_generator(cfg: TrainConfig, generator: torch.nn.Module, prior: list[float] | None,
+                     where: str | Path) -> ServedGenerator:
+    """What a model directory serves of ``generator`` (trained as ``cfg``): (generator, latent_dim, num_classes).
+    A self-conditioned generator is wrapped to draw its cluster from one extra latent with the cluster frequencies
+    ``prior`` (nets.ClusterDrawingGenerator): unconditional, with latent_dim + 1; every other one is served as
+    trained. The one place that decides it: the export, the checkpoint picker and the engine benchmark call it."""
+    m = cfg.model
+    if cfg.data.clusters:
+        if not prior or len(prior) != m.num_classes:
+            raise CheckpointError(f"{where}: a --clusters run without its cluster frequencies (label_prior)")
+        return ServedGenerator(ClusterDrawingGenerator(generator, prior).eval(), m.latent_dim + 1, 0)
+    return ServedGenerator(generator, m.latent_dim, m.num_classes)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
