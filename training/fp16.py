@@ -28,8 +28,8 @@ def convert_fp16(model):
     body, tail = _split_at_last_tanh(list(graph.node))
     tail_in = {i for n in tail for i in n.input}
     # the discrete choices (a self-conditioned G's cluster from z) stay fp32; everything else in the body is halved
-    decisions = decision_nodes(body)
-    arithmetic = [n for n in body if not any(n is d for d in decisions)]
+    decisions = {id(n) for n in decision_nodes(body)}
+    arithmetic = [n for n in body if id(n) not in decisions]
     keep_fp32 = {n.input[i] for n in body if n.op_type == "Resize" for i in (1, 2) if i < len(n.input)}
     _halve_initializers(graph, arithmetic, tail_in, keep_fp32)
     _halve_constants_and_casts(arithmetic, keep_fp32)
@@ -58,14 +58,13 @@ def decision_nodes(body: list) -> list:
     clusters' cumulative frequencies). They stay fp32, reading the fp32 z: rounded to fp16, a latent near a boundary
     would pick the neighbouring cluster, a wholly different image rather than a grey level off."""
     producer = {o: n for n in body for o in n.output}
-    found, stack = [], [n for n in body if n.op_type in COMPARISONS]
+    found, stack = {}, [n for n in body if n.op_type in COMPARISONS]     # found: id -> node (protobufs don't hash)
     while stack:
         node = stack.pop()
-        if any(node is f for f in found):
-            continue
-        found.append(node)
-        stack += [producer[i] for i in node.input if i in producer]
-    return found
+        if id(node) not in found:
+            found[id(node)] = node
+            stack += [producer[i] for i in node.input if i in producer]
+    return list(found.values())
 
 
 def _halve_initializers(graph, body: list, tail_in: set[str], keep_fp32: set[str]) -> None:

@@ -443,11 +443,10 @@ def _open_run_dir(cfg: TrainConfig, resume, st: TrainState, dist_info: Dist, dat
 def _check_same_clusters(ck: ckpt_io.Checkpoint, data: TrainingData) -> None:
     """A self-conditioned run's clusters are recomputed from the data at every start: refuse a resume whose clusters
     came out different (other data or --limit), which would silently relabel every training image."""
-    now = None if data.label_prior is None else [float(p) for p in data.label_prior]
-    if now is None and ck.label_prior is None:
+    now, saved = data.label_prior, ck.label_prior                          # [K] float32 / list, or None
+    if now is None and saved is None:
         return
-    if now is None or ck.label_prior is None or len(now) != len(ck.label_prior) or \
-            max(abs(a - b) for a, b in zip(now, ck.label_prior)) > 1e-6:
+    if now is None or saved is None or len(now) != len(saved) or not torch.allclose(now, torch.tensor(saved)):
         raise ValueError(f"--clusters: the clusters of this data differ from those {ck.path} was trained on "
                          "(cluster frequencies changed: other data, --limit or --clusters); resume on the same data")
 
