@@ -75,3 +75,5 @@ def test_card_names_what_the_model_is_conditioned_on():
     assert kind({"num_classes": 0}) == "unconditional"
     selfcond = kind({"num_classes": 0, "self_conditioning": {"clusters": 20}})
     assert selfcond.startswith("unconditional (self-conditioned") and "20 k-means clusters" in selfcond
+    per_class = kind({"num_classes": 10, "self_conditioning": {"clusters": 5, "per_class": True}})
+    assert per_class.startswith("class-conditional (10 classes; each trained as 5 k-means clusters")

@@ -14,7 +14,7 @@ from core.fmnist import FMNIST_DIR
 from service.latents import latents
 from service.modeldir import load_model_dir
 from training.checkpoint import load_checkpoint
-from training.clusters import cluster_labels, kmeans, label_prior
+from training.clusters import cluster_labels, kmeans, label_prior, subclass_labels
 from training.config import make_config
 from training.data import load_data
 from training.export import export_model
@@ -79,6 +79,20 @@ def test_cluster_labels_group_images_that_look_alike():
     assert len(set(zip(kinds.tolist(), labels.tolist()))) == 2   # one cluster per kind
 
 
+def test_subclass_labels_split_each_class_on_its_own():
+    rng = np.random.default_rng(1)
+    # class 0: dark or mid-grey images; class 1: bright left or bright bottom half; pixel noise on all
+    left, bottom = np.zeros((8, 8)), np.zeros((8, 8))
+    left[:, :4], bottom[4:, :] = 220, 220
+    looks = [np.full((8, 8), 10.0), np.full((8, 8), 120.0), left, bottom]
+    kinds = rng.integers(0, 4, 400)                                   # kinds 0, 1 are class 0; kinds 2, 3 class 1
+    images = np.stack([looks[k] for k in kinds]) + rng.normal(0, 15, (400, 8, 8))
+    classes = kinds // 2
+    ids = subclass_labels(np.clip(images, 0, 255).astype(np.uint8)[..., None], classes, 2)
+    assert np.array_equal(ids // 2, classes)                          # ids class * k + cluster: the class is kept
+    assert len(set(zip(kinds.tolist(), ids.tolist()))) == 4           # one cluster per look within each class
+
+
 # ---------------------------------------------------------------- the generator that draws its cluster
 
 class _EchoLabels(torch.nn.Module):
@@ -104,16 +118,42 @@ def test_cluster_is_drawn_with_the_prior_frequencies():
     assert torch.all(steps[1:] >= steps[:-1]) and steps[0] == 0 and steps[-1] == 3
 
 
+def test_cluster_within_the_given_class_with_its_frequencies():
+    # 3 classes x 2 clusters; joint frequencies of the ids class * 2 + cluster
+    prior = [0.3, 0.1, 0.05, 0.15, 0.2, 0.2]
+    g = ClusterDrawingGenerator(_EchoLabels(), prior, classes=3)
+    gen = torch.Generator().manual_seed(0)
+    z, labels = torch.randn(300_000, 4, generator=gen), torch.randint(3, (300_000,), generator=gen)
+    out = g(z, labels)
+    ids = out[:, 0].long()
+    assert torch.equal(out[:, 1:], z[:, :-1]) and torch.equal(ids // 2, labels)   # the label's own clusters only
+    for c, within in enumerate([[0.75, 0.25], [0.25, 0.75], [0.5, 0.5]]):      # P(cluster | class)
+        freq = torch.bincount(ids[labels == c] % 2, minlength=2).double() / (labels == c).sum()
+        assert torch.allclose(freq, torch.tensor(within, dtype=torch.float64), atol=0.006)
+
+
 # ---------------------------------------------------------------- config, data, training and export
 
 def test_config_checks_name_clusters():
     with pytest.raises(ValueError, match="--clusters"):
         make_config("fmnist-cdcgan", {"clusters": 5, "num_classes": 10, "use_labels": False})
-    with pytest.raises(ValueError, match="--clusters"):
-        make_config("fmnist-cdcgan", {"clusters": 10})                        # class labels asked for as well
     with pytest.raises(ValueError, match="--use-labels"):
         make_config("fmnist-cdcgan", {"use_labels": False})                    # conditional, no labels of any kind
     make_config("fmnist-cdcgan", {"clusters": 10, "use_labels": False})
+    with pytest.raises(ValueError, match="--clusters"):
+        make_config("fmnist-cdcgan", {"clusters": 3})                         # 10 ids cannot be classes x 3
+    make_config("fmnist-cdcgan", {"clusters": 5})                             # 2 classes x 5 would pass here...
+
+
+@needs_fmnist
+def test_clusters_within_classes_need_classes_times_k_ids(tmp_path):
+    """...but Fashion-MNIST has 10 classes: --clusters 5 --use-labels makes 50 ids, and --num-classes 10 is refused
+    by name before any training step."""
+    cfg = make_config("fmnist-cdcgan", {"clusters": 5, "limit": 300, "steps": 1, "g_channels": 8, "d_channels": 8,
+                                        "out_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="--num-classes 50"):
+        train(cfg, log=lambda m: None)
+    assert not any(tmp_path.iterdir())
 
 
 @needs_fmnist
@@ -143,7 +183,7 @@ def test_self_conditioned_run_exports_an_unconditional_model(tmp_path):
     expect = np.clip(np.floor((torch_images.numpy() + 1) * 127.5 + 0.5), 0, 255).transpose(0, 2, 3, 1)
     assert np.abs(onnx_images.astype(int) - expect.astype(int)).max() <= 1
     # the graph's cluster boundaries are the checkpoint's cumulative frequencies
-    thresholds = served.generator.thresholds.tolist()
+    thresholds = served.generator.thresholds[0].tolist()
     assert np.allclose(thresholds, np.cumsum(ck.label_prior)[:-1], atol=1e-6)
     assert all(a < b for a, b in itertools.pairwise(thresholds))
 
@@ -240,3 +280,29 @@ def test_bench_engine_runs_pytorch_as_the_model_directory_serves(tmp_path):
     assert how.startswith("same architecture")
     with torch.no_grad():
         assert rebuilt(torch.from_numpy(z), None).shape == (4, 1, 28, 28)
+
+
+@needs_fmnist
+def test_clusters_within_classes_export_a_class_conditional_model(tmp_path):
+    """--clusters 2 --use-labels: G trains on class * 2 + cluster ids, the served graph takes z [N, 65] and the
+    class label, draws the cluster within that class, and matches the PyTorch wrapper."""
+    overrides = {"clusters": 2, "num_classes": 20, "limit": 600, "steps": 2, "log_every": 1, "sample_every": 0,
+                 "fd_every": 0, "g_channels": 8, "d_channels": 8, "out_dir": str(tmp_path)}
+    cfg = make_config("fmnist-cdcgan", overrides)
+    data = load_data(cfg.data)
+    from training.data import load_fmnist
+
+    _, classes = load_fmnist(cfg.data.path, "train")
+    assert torch.equal(data.labels // 2, torch.from_numpy(classes[:600]))      # each image stays in its class
+    assert len(data.class_names) == 10 and data.label_prior.shape == (20,)
+    run = train(cfg, log=lambda m: None)
+    md = load_model_dir(export_model(run, "subclass", out_dir=tmp_path / "models", log=lambda m: None))
+    assert (md.latent_dim, md.num_classes) == (65, 10) and md.class_names == data.class_names
+    assert md.manifest["self_conditioning"]["per_class"] is True
+    z, labels = latents(9, 0, 200, md.latent_dim), np.arange(200, dtype=np.int64) % 10
+    session = ort.InferenceSession(str(md.onnx_path), providers=["CPUExecutionProvider"])
+    onnx_images = session.run(None, {"z": z, "label": labels})[0]
+    with torch.no_grad():
+        out = load_checkpoint(run).served_generator().generator(torch.from_numpy(z), torch.from_numpy(labels))
+    expect = np.clip(np.floor((out.numpy() + 1) * 127.5 + 0.5), 0, 255).transpose(0, 2, 3, 1)
+    assert np.abs(onnx_images.astype(int) - expect.astype(int)).max() <= 1

@@ -40,9 +40,11 @@ def _training(manifest: dict) -> list[str]:
 
 def _kind(manifest: dict) -> str:
     """What the model is conditioned on, in words."""
-    if manifest.get("num_classes"):
-        return f"class-conditional ({manifest['num_classes']} classes)"
     selfcond = manifest.get("self_conditioning")
+    if manifest.get("num_classes"):
+        return f"class-conditional ({manifest['num_classes']} classes" + (
+            f"; each trained as {selfcond['clusters']} k-means clusters of its images, the graph draws the cluster "
+            "from z's last coordinate)" if selfcond else ")")
     if selfcond:
         return (f"unconditional (self-conditioned: trained on {selfcond['clusters']} k-means clusters of the "
                 "training images, no class labels; the graph draws the cluster from z's last coordinate)")

@@ -70,13 +70,16 @@ def served_generator(cfg: TrainConfig, generator: torch.nn.Module, prior: list[f
                      where: str | Path) -> ServedGenerator:
     """What a model directory serves of ``generator`` (trained as ``cfg``): (generator, latent_dim, num_classes).
     A self-conditioned generator is wrapped to draw its cluster from one extra latent with the cluster frequencies
-    ``prior`` (nets.ClusterDrawingGenerator): unconditional, with latent_dim + 1; every other one is served as
-    trained. The one place that decides it: the export, the checkpoint picker and the engine benchmark call it."""
+    ``prior`` (nets.ClusterDrawingGenerator), with latent_dim + 1: unconditional, or (clusters within each class)
+    conditional on the class alone; every other one is served as trained. The one place that decides it: the export, the checkpoint picker and the engine benchmark call it."""
     m = cfg.model
     if cfg.data.clusters:
         if not prior or len(prior) != m.num_classes:
             raise CheckpointError(f"{where}: a --clusters run without its cluster frequencies (label_prior)")
-        return ServedGenerator(ClusterDrawingGenerator(generator, prior).eval(), m.latent_dim + 1, 0)
+        # clusters within each class (--use-labels): served with the class label, else unconditional
+        classes = m.num_classes // cfg.data.clusters if cfg.data.use_labels else 1
+        return ServedGenerator(ClusterDrawingGenerator(generator, prior, classes).eval(), m.latent_dim + 1,
+                               classes if cfg.data.use_labels else 0)
     return ServedGenerator(generator, m.latent_dim, m.num_classes)
 
 

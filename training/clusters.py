@@ -5,7 +5,8 @@ G and D on cluster ids of the real images instead of human labels; at sampling t
 clusters' empirical frequencies, so the model needs no label and covers every cluster by construction (a plain
 unconditional G is free to drop whole regions of the data, which is what our variety ratios show). Here the clusters
 are fixed before training: k-means in the space of the training images' first principal components of pixels
-(no class label is read).
+(no class label is read). With class labels, each class can be split the same way into clusters of its own
+(``subclass_labels``): a class-conditional model then learns each class as several look-alike groups.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from evaluation.views import PixelPCAView
 
-__all__ = ["kmeans", "cluster_labels", "label_prior"]
+__all__ = ["kmeans", "cluster_labels", "subclass_labels", "label_prior"]
 PCA_DIMS = 64           # principal components the images are clustered in
 KMEANS_ITERS = 100      # Lloyd iterations at most (stops earlier once no point changes cluster)
 KMEANS_RESTARTS = 3     # k-means++ starts; the lowest within-cluster sum of squares wins
@@ -81,6 +82,16 @@ def cluster_labels(images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Cluster ids int64 [N] of uint8 images [N, H, W, C]: k-means on their first PCA_DIMS principal components."""
     pca = PixelPCAView(images, components=min(PCA_DIMS, int(np.prod(images.shape[1:])), len(images)))
     return kmeans(pca.features(images), k, seed)[0]
+
+
+def subclass_labels(images: np.ndarray, classes: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Ids int64 [N] of uint8 images [N, H, W, C] with class labels ``classes`` [N] in 0..C-1: each class clustered
+    on its own (cluster_labels), image i of class c in cluster j gets id c * k + j."""
+    ids = np.empty(len(images), dtype=np.int64)
+    for c in np.unique(classes):
+        members = classes == c
+        ids[members] = c * k + cluster_labels(images[members], k, seed)
+    return ids
 
 
 def label_prior(labels: np.ndarray, k: int) -> np.ndarray:

@@ -34,10 +34,11 @@ class DataConfig:
     use_labels: bool = _f(False, "read class labels (needed by conditional models)")
     limit: int = _f(0, "use only the first N images (0 = all)")
     clusters: int = _f(0, "self-conditioning (Liu et al. 2020): label every training image by its k-means cluster "
-                          "(k = this; pixels on their first 64 principal components; no class label is read) and "
-                          "train a conditional model on those ids (--num-classes must equal k); the export draws the "
-                          "cluster inside the graph from one extra latent, so the served model is unconditional. "
-                          "0 = off")
+                          "(k = this; pixels on their first 64 principal components) and train a conditional model "
+                          "on those ids; the export draws the cluster inside the graph from one extra latent. "
+                          "Without --use-labels no class label is read, --num-classes must equal k and the served "
+                          "model is unconditional; with --use-labels each class is split into k clusters, "
+                          "--num-classes must be classes x k and the served model takes the class label. 0 = off")
 
 
 @dataclass
@@ -296,9 +297,11 @@ def validate(cfg: TrainConfig) -> None:
          "must be 0 or >= 2 with --arch dcgan, and groups of packed samples must divide --batch-size"),
         ("use_labels", cfg.model.num_classes == 0 or cfg.data.use_labels or cfg.data.clusters,
          "conditional models (--num-classes > 0) need --use-labels (or --clusters)"),
-        ("clusters", cfg.data.clusters == 0 or (cfg.data.clusters == cfg.model.num_classes and not cfg.data.use_labels
-                                                and not cfg.is_toy),
-         "self-conditioning needs --num-classes equal to --clusters, no --use-labels, and image data"),
+        ("clusters", cfg.data.clusters == 0 or (not cfg.is_toy and cfg.model.num_classes > 0 and (
+            cfg.model.num_classes % cfg.data.clusters == 0 if cfg.data.use_labels
+            else cfg.model.num_classes == cfg.data.clusters)),
+         "self-conditioning needs image data and --num-classes equal to --clusters (or, with --use-labels, "
+         "classes x --clusters)"),
         ("g_cond", cfg.model.g_cond == "concat" or cfg.model.arch == "dcgan",
          "cbn (class-conditional BatchNorm) needs --arch dcgan; the MLP generator has no BatchNorm"),
         ("arch", not (cfg.is_toy and cfg.model.arch != "mlp"), "the 2-D toy mixtures need --arch mlp"),

@@ -122,22 +122,32 @@ def load_data(cfg: DataConfig) -> TrainingData:
     if cfg.use_labels and labels is None:
         raise DataError(f"{cfg.path}: --use-labels was given but the data has no labels")
     if cfg.clusters:
-        return _self_conditioned(images, cfg.clusters)
+        return _self_conditioned(images, cfg.clusters, labels if cfg.use_labels else None, class_names)
     return TrainingData(_to_tensor(images), torch.from_numpy(labels) if cfg.use_labels else None, class_names)
 
 
-def _self_conditioned(images: np.ndarray, k: int) -> TrainingData:
-    """Images labelled by their k-means cluster (training.clusters), with the clusters' frequencies as prior."""
+def _self_conditioned(images: np.ndarray, k: int, classes: np.ndarray | None = None,
+                      class_names: list[str] | None = None) -> TrainingData:
+    """Images labelled by their k-means cluster (training.clusters), with the clusters' frequencies as prior.
+    With class labels ``classes`` [N], each class is clustered on its own: ids class * k + cluster, in 0..C*k-1."""
     import torch
 
-    from training.clusters import cluster_labels, label_prior
+    from training.clusters import cluster_labels, label_prior, subclass_labels
 
-    if len(images) < k:
-        raise DataError(f"--clusters {k}: more clusters than training images ({len(images)})")
-    labels = cluster_labels(images, k)                                        # int64 [N]
-    prior = torch.from_numpy(label_prior(labels, k)).float()                  # [k]
-    return TrainingData(_to_tensor(images), torch.from_numpy(labels), [f"cluster {i}" for i in range(k)],
-                        label_prior=prior)
+    if classes is None:
+        if len(images) < k:
+            raise DataError(f"--clusters {k}: more clusters than training images ({len(images)})")
+        ids, names = cluster_labels(images, k), [f"cluster {i}" for i in range(k)]            # int64 [N]
+    else:
+        n_classes = int(classes.max()) + 1
+        smallest = int(np.bincount(classes, minlength=n_classes).min())
+        if smallest < k:
+            raise DataError(f"--clusters {k}: a class has fewer training images ({smallest}) than clusters")
+        ids = subclass_labels(images, classes, k)                                               # int64 [N]
+        names = list(class_names or []) if len(class_names or []) == n_classes else \
+            [str(c) for c in range(n_classes)]
+    prior = torch.from_numpy(label_prior(ids, k if classes is None else n_classes * k)).float()     # [K] or [C*k]
+    return TrainingData(_to_tensor(images), torch.from_numpy(ids), names, label_prior=prior)
 
 
 def _pil(arr: np.ndarray):

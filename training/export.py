@@ -148,11 +148,16 @@ def _self_conditioning(ck: Checkpoint) -> dict:
     """The manifest's record of how a self-conditioned model (--clusters) draws its cluster; {} for other models."""
     if not ck.config.data.clusters:
         return {}
+    per_class = ck.config.data.use_labels
     return {"self_conditioning": {
-        "clusters": ck.config.data.clusters, "frequencies": [round(p, 6) for p in ck.label_prior],
-        "drawn_from": "z[:, -1]: cluster = number of cumulative frequencies below Phi(z[:, -1]); "
-                      "z[:, :-1] is the generator's latent",
-        "clustered_in": "k-means of the training images' pixels on their first 64 principal components"}}
+        "clusters": ck.config.data.clusters, "per_class": per_class,
+        "frequencies": [round(p, 6) for p in ck.label_prior],
+        "drawn_from": ("z[:, -1]: cluster = number of the label's cumulative within-class frequencies below "
+                       "Phi(z[:, -1]); the generator's id is label * clusters + cluster" if per_class else
+                       "z[:, -1]: cluster = number of cumulative frequencies below Phi(z[:, -1])")
+                      + "; z[:, :-1] is the generator's latent",
+        "clustered_in": "k-means of the training images' pixels on their first 64 principal components"
+                        + (", each class on its own" if per_class else "")}}
 
 
 def build_manifest(ck: Checkpoint, served: ServedGenerator, name: str, opset: int, use_ema: bool, ema: bool,

@@ -365,6 +365,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
         raise ValueError("--r1-gamma: the R1 penalty needs double backward, which DDP does not support; "
                          "train it in one process")
     data = load_data(cfg.data)
+    _check_cluster_count(cfg, data)
     st = build_state(cfg, device, dist_info)
     run_dir = _open_run_dir(cfg, resume, st, dist_info, data)
     use_amp = cfg.run.amp and device.type == "cuda"
@@ -449,6 +450,14 @@ def _check_same_clusters(ck: ckpt_io.Checkpoint, data: TrainingData) -> None:
     if now is None or saved is None or len(now) != len(saved) or not torch.allclose(now, torch.tensor(saved)):
         raise ValueError(f"--clusters: the clusters of this data differ from those {ck.path} was trained on "
                          "(cluster frequencies changed: other data, --limit or --clusters); resume on the same data")
+
+
+def _check_cluster_count(cfg: TrainConfig, data: TrainingData) -> None:
+    """Clusters within each class (--clusters K --use-labels) make classes x K ids, known only once the data is
+    loaded: --num-classes must match them, or G's embeddings would be too small or partly never trained."""
+    if data.label_prior is not None and len(data.label_prior) != cfg.model.num_classes:
+        raise ValueError(f"--num-classes {cfg.model.num_classes}: --clusters {cfg.data.clusters} on this data makes "
+                         f"{len(data.label_prior)} cluster ids; set --num-classes {len(data.label_prior)}")
 
 
 def _check_ranks_in_sync(G: nn.Module, dist_info: Dist) -> None:

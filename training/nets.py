@@ -252,23 +252,33 @@ class DCGANDiscriminator(nn.Module):
 
 
 class ClusterDrawingGenerator(nn.Module):
-    """A self-conditioned generator (trained on k-means cluster ids, ``--clusters``) as an unconditional one.
+    """A self-conditioned generator (trained on k-means cluster ids, ``--clusters``) served without cluster ids.
 
     z [N, latent_dim + 1] ~ N(0, I): the last coordinate u picks the cluster by inverting the clusters' cumulative
     frequencies at Phi(u) (so clusters come out as often as in the training data), the rest is G's own z. Seeded
-    latents therefore fix the cluster too, and the exported graph needs no label input.
+    latents therefore fix the cluster too, and the exported graph needs no cluster input.
+
+    ``classes`` = 1: the clusters span the data and the served model is unconditional. ``classes`` = C > 1 (clusters
+    within each class, ``--clusters K --use-labels``): G was trained on ids class * K + cluster, ``prior`` [C * K]
+    holds their joint frequencies, and the served model takes the class label and draws the cluster within it.
     """
 
-    def __init__(self, generator: nn.Module, prior):
+    def __init__(self, generator: nn.Module, prior, classes: int = 1):
         super().__init__()
         self.generator = generator
-        cumulative = torch.cumsum(torch.as_tensor(prior, dtype=torch.float64), 0)[:-1]
-        self.register_buffer("thresholds", cumulative.float())                 # [K - 1] ascending in (0, 1)
+        joint = torch.as_tensor(prior, dtype=torch.float64).view(classes, -1)        # [C, K]
+        within = joint / joint.sum(dim=1, keepdim=True).clamp_min(1e-12)              # [C, K], rows sum to 1
+        self.clusters_per_class = joint.shape[1]
+        self.conditional = classes > 1
+        self.register_buffer("thresholds", torch.cumsum(within, 1)[:, :-1].float())  # [C, K - 1] ascending in (0, 1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        # Phi(u) ~ U(0, 1); the cluster is how many cumulative frequencies lie below it
+        # Phi(u) ~ U(0, 1); the cluster is how many of its class's cumulative frequencies lie below it
         uniform = 0.5 * (1.0 + torch.erf(z[:, -1] / math.sqrt(2.0)))            # [N]
-        cluster = (uniform[:, None] > self.thresholds[None, :]).sum(dim=1)     # int64 [N] in 0..K-1
+        thresholds = self.thresholds[labels] if self.conditional else self.thresholds    # [N or 1, K - 1]
+        cluster = (uniform[:, None] > thresholds).sum(dim=1)                   # int64 [N] in 0..K-1
+        if self.conditional:
+            cluster = labels * self.clusters_per_class + cluster               # G's id: class * K + cluster
         return self.generator(z[:, :-1], cluster)
 
 
