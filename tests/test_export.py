@@ -35,7 +35,10 @@ ARCHS = {
     # self-conditioned: trained on 4 k-means clusters, served unconditional (the cluster drawn from one more latent)
     "selfcond": ("fmnist-cdcgan", {**SMALL_CONV, "g_upsample": "resize", "clusters": 4, "num_classes": 4,
                                    "use_labels": False}),
+    # clusters within each class: 10 classes x 2 clusters, served class-conditional (the cluster drawn per class)
+    "subclass": ("fmnist-cdcgan", {**SMALL_CONV, "g_upsample": "resize", "clusters": 2, "num_classes": 20}),
 }
+SELF_CONDITIONED = {"selfcond", "subclass"}
 
 pytestmark = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-MNIST not installed at {FMNIST_DIR}")
 
@@ -97,10 +100,11 @@ def test_onnx_io_dtype_and_shape(exported, arch):
     md = load_model_dir(exported[arch])
     model = onnx.load(md.onnx_path)
     inputs = {i.name: i for i in model.graph.input}
-    assert list(inputs) == (["z", "label"] if arch == "cdcgan" else ["z"])
+    conditional = arch in ("cdcgan", "subclass")
+    assert list(inputs) == (["z", "label"] if conditional else ["z"])
     assert inputs["z"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_param or d.dim_value for d in inputs["z"].type.tensor_type.shape.dim] == ["batch", md.latent_dim]
-    if arch == "cdcgan":
+    if conditional:
         assert inputs["label"].type.tensor_type.elem_type == onnx.TensorProto.INT64
     (out,) = model.graph.output
     assert out.name == "image" and out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -120,7 +124,7 @@ def test_onnx_io_dtype_and_shape(exported, arch):
     floats = {t.name: t.data_type for t in half.graph.initializer if t.data_type in (1, 10) and len(t.dims) >= 2}
     assert {k for k, v in floats.items() if v == onnx.TensorProto.FLOAT} <= decision_inputs
     assert [v for v in floats.values() if v == onnx.TensorProto.FLOAT16]
-    assert bool(decision_inputs) == (arch == "selfcond")
+    assert bool(decision_inputs) == (arch in SELF_CONDITIONED)
 
 
 def test_determinism(exported):
@@ -148,14 +152,14 @@ def test_manifest_fields(exported, runs):
         assert 0 < m["training"]["wall_time_s"] < 600 and m["training"]["device"].startswith("cpu: ")
         assert m["preset"] == ARCHS[arch][0] == m["training"]["config"]["preset"]
         assert m["data"]["source"] == "fmnist" and m["data"]["split"] == "train"
-        assert m["latent_dim"] == {"mlp": 100, "selfcond": 65}.get(arch, 64)
-        assert ("self_conditioning" in m) == (arch == "selfcond")
+        assert m["latent_dim"] == {"mlp": 100, "selfcond": 65, "subclass": 65}.get(arch, 64)
+        assert ("self_conditioning" in m) == (arch in SELF_CONDITIONED)
         assert m["image_shape"] == [28, 28, 1] and m["dtype"] == "uint8" and m["opset"] == 17
         assert m["command"] == f"test {arch}"
         assert set(m["files"]) == {"generator.onnx", "generator.fp16.onnx", "samples.png"}
         for fname, entry in m["files"].items():
             assert entry == {"sha256": file_sha256(path / fname), "bytes": (path / fname).stat().st_size}
-        if arch == "cdcgan":
+        if arch in ("cdcgan", "subclass"):
             assert m["num_classes"] == 10 and m["class_names"] == FMNIST_CLASSES
             assert [i["name"] for i in m["inputs"]] == ["z", "label"]
         else:
@@ -189,7 +193,7 @@ def test_samples_png(exported):
         with Image.open(path / "samples.png") as im:
             assert im.format == "PNG" and im.mode == "L"
             w, h = im.size
-            if arch == "cdcgan":                    # 10 labelled rows of 10; the labels add a left margin
+            if arch in ("cdcgan", "subclass"):      # 10 labelled rows of 10; the labels add a left margin
                 assert h == 10 * 30 + 2 and w > 10 * 30 + 2 + 20
             else:                                   # 8 x 8 grid of 28 px images, 2 px padding
                 assert (w, h) == (8 * 30 + 2, 8 * 30 + 2)
