@@ -136,11 +136,17 @@ def real_data(classifier: Classifier, data_dir: str | Path = FMNIST_DIR,
     return _REAL[cache_key]
 
 
+def fd_with_terms(feats: np.ndarray, ref_feats: np.ndarray) -> dict:
+    """{"fd": FD, "fd_terms": its mean and covariance terms and the variety ratio} of features [N, D] against
+    reference features [M, D]: the one place the report's FD entry is laid out."""
+    terms = M.frechet_breakdown(feats, ref_feats)
+    return {"fd": terms.pop("fd"), "fd_terms": terms}
+
+
 def view_metrics(ref: ViewReference, feats: np.ndarray, seed: int) -> dict:
     """FD (with its mean and covariance terms and the variety ratio), KID and precision/recall of features [N, D]
     against the test images' features in one view."""
-    fd = M.frechet_breakdown(feats, ref.test_features)
-    return {"fd": fd.pop("fd"), "fd_terms": fd,
+    return {**fd_with_terms(feats, ref.test_features),
             "kid": M.kid(feats, ref.test_features, KID_SUBSETS, KID_SUBSET_SIZE, seed=seed),
             "precision_recall": M.precision_recall(ref.test_features, feats, k=PR_K, real_radii=ref.radii)}
 
@@ -169,8 +175,7 @@ def measure(images: np.ndarray, requested: np.ndarray | None, real: RealReferenc
     pred = logits.argmax(1)
     ref = real.test_features
     if "fd" in parts:
-        fd = timed("fd", lambda: M.frechet_breakdown(feats, ref))
-        out["fd"], out["fd_terms"] = fd.pop("fd"), fd
+        out.update(timed("fd", lambda: fd_with_terms(feats, ref)))
     if "kid" in parts:
         out["kid"] = timed("kid", lambda: M.kid(feats, ref, KID_SUBSETS, KID_SUBSET_SIZE, seed=seed))
     if "precision_recall" in parts:
