@@ -39,6 +39,7 @@ ARCHS = {
     "subclass": ("fmnist-cdcgan", {**SMALL_CONV, "g_upsample": "resize", "clusters": 2, "num_classes": 20}),
 }
 SELF_CONDITIONED = {"selfcond", "subclass"}
+CONDITIONAL = {"cdcgan", "subclass"}          # served with a label input
 
 pytestmark = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-MNIST not installed at {FMNIST_DIR}")
 
@@ -100,11 +101,10 @@ def test_onnx_io_dtype_and_shape(exported, arch):
     md = load_model_dir(exported[arch])
     model = onnx.load(md.onnx_path)
     inputs = {i.name: i for i in model.graph.input}
-    conditional = arch in ("cdcgan", "subclass")
-    assert list(inputs) == (["z", "label"] if conditional else ["z"])
+    assert list(inputs) == (["z", "label"] if arch in CONDITIONAL else ["z"])
     assert inputs["z"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_param or d.dim_value for d in inputs["z"].type.tensor_type.shape.dim] == ["batch", md.latent_dim]
-    if conditional:
+    if arch in CONDITIONAL:
         assert inputs["label"].type.tensor_type.elem_type == onnx.TensorProto.INT64
     (out,) = model.graph.output
     assert out.name == "image" and out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -159,7 +159,7 @@ def test_manifest_fields(exported, runs):
         assert set(m["files"]) == {"generator.onnx", "generator.fp16.onnx", "samples.png"}
         for fname, entry in m["files"].items():
             assert entry == {"sha256": file_sha256(path / fname), "bytes": (path / fname).stat().st_size}
-        if arch in ("cdcgan", "subclass"):
+        if arch in CONDITIONAL:
             assert m["num_classes"] == 10 and m["class_names"] == FMNIST_CLASSES
             assert [i["name"] for i in m["inputs"]] == ["z", "label"]
         else:
@@ -193,7 +193,7 @@ def test_samples_png(exported):
         with Image.open(path / "samples.png") as im:
             assert im.format == "PNG" and im.mode == "L"
             w, h = im.size
-            if arch in ("cdcgan", "subclass"):      # 10 labelled rows of 10; the labels add a left margin
+            if arch in CONDITIONAL:                 # 10 labelled rows of 10; the labels add a left margin
                 assert h == 10 * 30 + 2 and w > 10 * 30 + 2 + 20
             else:                                   # 8 x 8 grid of 28 px images, 2 px padding
                 assert (w, h) == (8 * 30 + 2, 8 * 30 + 2)

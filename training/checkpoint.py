@@ -71,7 +71,8 @@ def served_generator(cfg: TrainConfig, generator: torch.nn.Module, prior: list[f
     """What a model directory serves of ``generator`` (trained as ``cfg``): (generator, latent_dim, num_classes).
     A self-conditioned generator is wrapped to draw its cluster from one extra latent with the cluster frequencies
     ``prior`` (nets.ClusterDrawingGenerator), with latent_dim + 1: unconditional, or (clusters within each class)
-    conditional on the class alone; every other one is served as trained. The one place that decides it: the export, the checkpoint picker and the engine benchmark call it."""
+    conditional on the class alone; every other one is served as trained. The one place that decides it: the
+    export, the checkpoint picker and the engine benchmark call it."""
     m = cfg.model
     if cfg.data.clusters:
         if not prior or len(prior) != m.num_classes:

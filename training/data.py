@@ -144,8 +144,7 @@ def _self_conditioned(images: np.ndarray, k: int, classes: np.ndarray | None = N
         if smallest < k:
             raise DataError(f"--clusters {k}: a class has fewer training images ({smallest}) than clusters")
         ids = subclass_labels(images, classes, k)                                               # int64 [N]
-        names = list(class_names or []) if len(class_names or []) == n_classes else \
-            [str(c) for c in range(n_classes)]
+        names = list(class_names or [])          # the served classes' names (the export numbers them if absent)
     prior = torch.from_numpy(label_prior(ids, k if classes is None else n_classes * k)).float()     # [K] or [C*k]
     return TrainingData(_to_tensor(images), torch.from_numpy(ids), names, label_prior=prior)
 
