@@ -400,10 +400,16 @@ def test_sigterm_saves_checkpoint_then_resume(tmp_path):
 
 def test_ddp_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gan.cli",
+    # Each rank runs the CLI, then reports whether training left its process group behind (a live gloo group at
+    # interpreter exit can abort a rank: "terminate called without an active exception").
+    rank_script = ("import sys, torch.distributed as d; from gan.cli import main; rc = main(); "
+                   "print('process group left:', d.is_initialized(), flush=True); sys.exit(rc)")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
+           sys.executable, "-c", rank_script,
            "train", "--preset", "toy-ring", "--steps", "20", "--log-every", "5", "--out-dir", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("process group left: False") == 2, res.stdout[-3000:]
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1                          # rank 0 made the one run directory
     rows = [json.loads(line) for line in (runs[0] / "stats.jsonl").read_text().splitlines()]

@@ -14,7 +14,8 @@ import re
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,25 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: torch.device) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (torchrun sets it), else single process."""
+@contextmanager
+def process_group(device: torch.device) -> Iterator[Dist]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (torchrun sets it), else single process.
+
+    A group this opens is closed on the way out: a gloo group still alive at interpreter exit can abort a rank
+    ("terminate called without an active exception"). A group the caller opened is left open.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
+        yield Dist()
+        return
+    opened = not dist.is_initialized()
+    if opened:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    try:
+        yield Dist(dist.get_rank(), dist.get_world_size())
+    finally:
+        if opened:
+            dist.destroy_process_group()
 
 
 def pick_device(name: str) -> torch.device:
@@ -360,7 +372,12 @@ def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: TrainingData, be
 def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
     """Train G and D as configured; returns the run directory. ``resume``: a run dir or checkpoint to continue."""
     device = pick_device(cfg.run.device)
-    dist_info = init_distributed(device)
+    with process_group(device) as dist_info:
+        return _train(cfg, resume, log, device, dist_info)
+
+
+def _train(cfg: TrainConfig, resume, log, device: torch.device, dist_info: Dist) -> Path:
+    """The training loop of :func:`train`, inside its process group."""
     if dist_info.world > 1 and cfg.loss.r1_gamma > 0:
         raise ValueError("--r1-gamma: the R1 penalty needs double backward, which DDP does not support; "
                          "train it in one process")
