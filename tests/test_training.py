@@ -22,7 +22,7 @@ from core.image_folder import load_image_folder as load_folder
 from training import checkpoint as ckpt_io
 from training.config import DataConfig, make_config
 from training.data import load_data, load_npz, toy_modes
-from training.loop import TrainingDiverged, new_run_dir, train
+from training.loop import TrainingDiverged, autocast_for, new_run_dir, train
 from training.sampling import generate, sample_latents
 
 HAVE_FMNIST = Path(FMNIST_DIR, "train-images-idx3-ubyte.gz").exists()
@@ -213,6 +213,26 @@ def test_training_with_minibatch_std_and_packing_runs(tmp_path):
     run = train(_tiny("fmnist-dcgan", tmp_path, steps=3, d_mbstd=2, pack=2, ckpt_every=100))
     state = ckpt_io.load_checkpoint(run)
     assert state.step == 3 and state.config.model.d_mbstd == 2
+
+
+@pytest.mark.parametrize("cpu_amp, amp, dtype", [(False, True, torch.float32), (True, True, torch.bfloat16),
+                                                  (True, False, torch.float32)])
+def test_cpu_autocast_only_when_asked(cpu_amp, amp, dtype):
+    cfg = make_config("fmnist-dcgan", {"cpu_amp": cpu_amp, "amp": amp})
+    conv = torch.nn.Conv2d(1, 4, 3)
+    with autocast_for(cfg, torch.device("cpu"))():
+        out = conv(torch.randn(2, 1, 8, 8))                                # [2, 4, 6, 6]
+    assert out.dtype == dtype
+
+
+def test_training_with_cpu_autocast_keeps_float32_weights(tmp_path):
+    run = train(_tiny("fmnist-cdcgan", tmp_path, steps=3, cpu_amp=True, ckpt_every=100))
+    state = ckpt_io.load_checkpoint(run)
+    G = state.generator()
+    assert state.step == 3 and state.config.run.cpu_amp
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in G.parameters())
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in rows)
 
 
 def test_cli_dry_run_and_bad_flag():

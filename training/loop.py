@@ -369,6 +369,14 @@ def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: TrainingData, be
     return path
 
 
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    """A factory of the context G's and D's forwards run in: bfloat16 autocast on CUDA (``amp``) and, when asked
+    (``cpu_amp``), on CPU; otherwise plain float32."""
+    if cfg.run.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.run.cpu_amp)):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
     """Train G and D as configured; returns the run directory. ``resume``: a run dir or checkpoint to continue."""
     device = pick_device(cfg.run.device)
@@ -385,8 +393,7 @@ def _train(cfg: TrainConfig, resume, log, device: torch.device, dist_info: Dist)
     _check_cluster_count(cfg, data)
     st = build_state(cfg, device, dist_info)
     run_dir = _open_run_dir(cfg, resume, st, dist_info, data)
-    use_amp = cfg.run.amp and device.type == "cuda"
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    amp = autocast_for(cfg, device)
     recorder = Recorder(run_dir, cfg.run.steps, st.step, dist_info.main, log)
     last_ckpt = ckpt_io.latest_checkpoint(run_dir) if resume else None
     G_plain = _unwrap(st.G)
