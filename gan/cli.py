@@ -328,6 +328,17 @@ def _bench_parser(sub) -> None:
     eng.add_argument("--sampler-count", type=int, default=20_000, help="images for the sampler run (default: 20000)")
     eng.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
     eng.set_defaults(func=cmd_bench_engine)
+    trn = bench.add_parser("train", help="a CPU training step in float32 against bfloat16 autocast (--cpu-amp)",
+                           description="Milliseconds per training step (one D and one G update) of a preset on CPU, "
+                                       "float32 and bfloat16 autocast alternating round by round; written to --out.")
+    trn.add_argument("--preset", default="fmnist-cdcgan", help="training preset (default: fmnist-cdcgan)")
+    trn.add_argument("--g-upsample", default="resize", choices=["transpose", "resize"],
+                     help="generator upsampling, as in `gan train` (default: resize, that of the shipped models)")
+    trn.add_argument("--steps", type=int, default=20, help="steps per round (default: 20)")
+    trn.add_argument("--rounds", type=int, default=3, help="rounds per arm; each arm keeps its best (default: 3)")
+    trn.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as in the shipped runs)")
+    trn.add_argument("--out", default="docs/benchmarks.md", help="Markdown file to update (default: docs/benchmarks.md)")
+    trn.set_defaults(func=cmd_bench_train)
 
 
 def cmd_bench_toy(args) -> int:
@@ -379,6 +390,20 @@ def cmd_bench_engine(args) -> int:
                            command=("gan bench engine " + " ".join(sys.argv[3:])).strip()))
     except (ModelDirError, SampleError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    if args.steps < 1 or args.rounds < 1 or args.threads < 1:
+        raise CLIError("--steps, --rounds and --threads must be >= 1")
+    from training.benchmarks import bench_train
+    from training.config import PRESETS
+
+    if args.preset not in PRESETS or PRESETS[args.preset]["model"].get("arch") != "dcgan":
+        dcgans = [name for name, p in PRESETS.items() if p.get("model", {}).get("arch") == "dcgan"]
+        raise CLIError(f"--preset: {args.preset!r} is not a DCGAN preset; choose one of {', '.join(dcgans)}")
+    print(bench_train(args.preset, {"g_upsample": args.g_upsample}, args.steps, args.rounds, args.threads, args.out,
+                      command=" ".join(["gan"] + args.argv)))
     return 0
 
 

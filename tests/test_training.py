@@ -499,3 +499,23 @@ def test_linear_lr_decay_is_a_function_of_the_step(tmp_path):
         seen[step] = (st.opt_G.param_groups[0]["lr"], st.opt_D.param_groups[0]["lr"])
     assert seen[0] == seen[59] == seen[60] == (1e-3, 4e-3)
     assert seen[80] == pytest.approx((5e-4, 2e-3)) and seen[100] == (0.0, 0.0)
+
+
+def test_bench_train_times_both_arithmetics_side_by_side(tmp_path):
+    from training.benchmarks import bench_train
+
+    out = tmp_path / "benchmarks.md"
+    body = bench_train("fmnist-dcgan", {"g_channels": 8, "d_channels": 8, "batch_size": 8}, steps=2, rounds=2,
+                       out=str(out), command="gan bench train tiny")
+    assert "## Training step on CPU: float32 against bfloat16 autocast (gan bench train)" in out.read_text()
+    rows = [line.split("|")[1:-1] for line in body.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[0].strip() for r in rows] == ["float32", "bfloat16 autocast (--cpu-amp)"]
+    assert rows[0][3].strip() == "1.00x" and all(float(r[1].replace(",", "")) > 0 for r in rows)
+    assert "gan bench train tiny" in body
+
+
+@pytest.mark.parametrize("argv, said", [(["--steps", "0"], "--steps"), (["--preset", "toy-ring"], "--preset")])
+def test_bench_train_rejects_bad_flags_in_one_line(argv, said):
+    res = subprocess.run([sys.executable, "-m", "gan.cli", "bench", "train", *argv, "--out", os.devnull],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr

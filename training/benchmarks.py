@@ -1,10 +1,12 @@
-"""`gan bench sample`: the offline sampler against the loop a user would write (PyTorch forward + PIL save).
+"""`gan bench sample`, `engine` and `train`: the offline sampler against the loop a user would write (PyTorch
+forward + PIL save), onnxruntime against PyTorch eager, and a CPU training step in float32 against bfloat16.
 
 Results go to docs/benchmarks.md as one section per benchmark, with machine, command and date;
 the section is replaced on each run, other sections are kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -247,3 +249,70 @@ def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000
             f"(target >= 90%).")
     write_section(out, "Engine: onnxruntime against PyTorch eager (gan bench engine)", body)
     return body
+
+
+# ---------------------------------------------------------------- gan bench train
+
+def _step_timer(cfg, data, cpu_amp: bool):
+    """A function timing ``steps`` training steps of a fresh G/D pair (float32, or bfloat16 autocast on CPU)."""
+    import torch
+
+    from training.loop import Dist, autocast_for, build_state, train_step
+
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, cpu_amp=cpu_amp, amp=True, device="cpu"))
+    device = torch.device("cpu")
+    amp = autocast_for(cfg, device)
+    torch.manual_seed(cfg.run.seed)
+    state = build_state(cfg, device, Dist())
+
+    def time_steps(steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(cfg, state, data, device, amp)
+        return (time.perf_counter() - t0) / steps
+    return time_steps
+
+
+def bench_train(preset: str = "fmnist-cdcgan", overrides: dict | None = None, steps: int = 20, rounds: int = 3,
+                threads: int = 1, out: str = "docs/benchmarks.md", command: str = "") -> str:
+    """Seconds per training step in float32 and with bfloat16 autocast on CPU (``--cpu-amp``), side by side.
+
+    The two arms alternate round by round on the same machine (fp32, amp, fp32, amp, ...), each after a few warm-up
+    steps; each arm reports its best round (other processes only ever slow a round down).
+    """
+    import torch
+
+    from training.config import make_config
+    from training.data import load_data
+
+    torch.set_num_threads(threads)
+    cfg = make_config(preset, {"limit": 5000, **(overrides or {})})
+    data = load_data(cfg.data)
+    timers = {"float32": _step_timer(cfg, data, False), "bfloat16 autocast (--cpu-amp)": _step_timer(cfg, data, True)}
+    for time_steps in timers.values():
+        time_steps(3)                                          # warm-up: first-call allocations, oneDNN kernels
+    best = dict.fromkeys(timers, float("inf"))
+    for _ in range(rounds):
+        for arm, time_steps in timers.items():
+            best[arm] = min(best[arm], time_steps(steps))
+    fp32 = best["float32"]
+    table = ["| arithmetic | ms per step | images/s | speed-up |", "| --- | ---: | ---: | ---: |"]
+    images = cfg.optim.batch_size * (cfg.loss.d_steps + 1)
+    table += [f"| {arm} | {1000 * s:,.0f} | {images / s:,.0f} | {fp32 / s:.2f}x |" for arm, s in best.items()]
+    body = (f"Preset `{preset}` {overrides or ''} (batch {cfg.optim.batch_size}), measured "
+            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, {threads} torch thread(s); "
+            f"flags {_cpu_flags()}. Each arm: 3 warm-up steps, then the best of {rounds} rounds of {steps} steps, "
+            f"the arms alternating round by round. A step is one D and one G update (Algorithm 1, k = 1).\n\n"
+            f"Command: `{command or 'gan bench train'}`\n\n" + "\n".join(table))
+    write_section(out, "Training step on CPU: float32 against bfloat16 autocast (gan bench train)", body)
+    return body
+
+
+def _cpu_flags() -> str:
+    """Which bfloat16 instructions the CPU has (autocast is fast with them, emulated and slow without)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    have = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(have) if have else "no avx512_bf16 / amx_bf16"
