@@ -299,7 +299,8 @@ def bench_train(preset: str = "fmnist-cdcgan", overrides: dict | None = None, st
     table = ["| arithmetic | ms per step | images/s | speed-up |", "| --- | ---: | ---: | ---: |"]
     images = cfg.optim.batch_size * (cfg.loss.d_steps + 1)
     table += [f"| {arm} | {1000 * s:,.0f} | {images / s:,.0f} | {fp32 / s:.2f}x |" for arm, s in best.items()]
-    body = (f"Preset `{preset}` {overrides or ''} (batch {cfg.optim.batch_size}), measured "
+    flags = "".join(f" --{key.replace('_', '-')} {value}" for key, value in (overrides or {}).items())
+    body = (f"Preset `{preset}`{flags} (batch {cfg.optim.batch_size}), measured "
             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, {threads} torch thread(s); "
             f"flags {_cpu_flags()}. Each arm: 3 warm-up steps, then the best of {rounds} rounds of {steps} steps, "
             f"the arms alternating round by round. A step is one D and one G update (Algorithm 1, k = 1).\n\n"
