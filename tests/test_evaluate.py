@@ -272,8 +272,9 @@ def test_views_agree_on_a_ranked_set_of_generators(tiny_models, every_view):
               for name, images in sets.items()}
         print(f"\n{view}: " + ", ".join(f"{k} {fd[k]:.3f}" for k in sorted(fd, key=fd.get)))
         for shipped in ("fmnist-dcgan", "fmnist-cdcgan"):
-            # at least 2x apart from each end (the closest today: real 0.25 vs the default 0.67 in pixels_pca)
-            assert 2 * fd["real"] < fd[shipped] and 2 * fd[shipped] < fd["tiny-dc"], (view, shipped, fd)
+            # at least 1.5x apart from each end (the closest today: real 0.25 vs the default 0.49 in pixels_pca;
+            # the margin was 2x until the 18,000-step default model of 2026-12-02 came closer to real images)
+            assert 1.5 * fd["real"] < fd[shipped] and 2 * fd[shipped] < fd["tiny-dc"], (view, shipped, fd)
 
 
 def test_one_class_generator_is_caught(real, tmp_path):
