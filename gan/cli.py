@@ -399,8 +399,8 @@ def cmd_bench_train(args) -> int:
     from training.benchmarks import bench_train
     from training.config import PRESETS
 
-    if args.preset not in PRESETS or PRESETS[args.preset]["model"].get("arch") != "dcgan":
-        dcgans = [name for name, p in PRESETS.items() if p.get("model", {}).get("arch") == "dcgan"]
+    dcgans = [name for name, p in PRESETS.items() if p.get("model", {}).get("arch") == "dcgan"]
+    if args.preset not in dcgans:
         raise CLIError(f"--preset: {args.preset!r} is not a DCGAN preset; choose one of {', '.join(dcgans)}")
     print(bench_train(args.preset, {"g_upsample": args.g_upsample}, args.steps, args.rounds, args.threads, args.out,
                       command=" ".join(["gan"] + args.argv)))

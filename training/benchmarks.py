@@ -21,12 +21,16 @@ from core.imaging import to_uint8
 from service.codecs import encode_image
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (None where there is none)."""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith(field))
     except (OSError, StopIteration):
-        pass
+        return None
+
+
+def machine() -> str:
+    cpu = _cpuinfo("model name") or "unknown CPU"
     return f"{platform.node() or 'host'}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
@@ -262,8 +266,7 @@ def _step_timer(cfg, data, cpu_amp: bool):
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, cpu_amp=cpu_amp, amp=True, device="cpu"))
     device = torch.device("cpu")
     amp = autocast_for(cfg, device)
-    torch.manual_seed(cfg.run.seed)
-    state = build_state(cfg, device, Dist())
+    state = build_state(cfg, device, Dist())                  # seeded from cfg.run.seed: both arms start alike
 
     def time_steps(steps: int) -> float:
         t0 = time.perf_counter()
@@ -311,9 +314,8 @@ def bench_train(preset: str = "fmnist-cdcgan", overrides: dict | None = None, st
 
 def _cpu_flags() -> str:
     """Which bfloat16 instructions the CPU has (autocast is fast with them, emulated and slow without)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
+    flags = _cpuinfo("flags")
+    if flags is None:
         return "unknown"
-    have = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    have = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
     return ", ".join(have) if have else "no avx512_bf16 / amx_bf16"
