@@ -208,6 +208,33 @@ def test_discriminator_with_minibatch_std_scores_reals_without_looking_at_fakes(
         make_config("paper-mlp", {"d_mbstd": 4})
 
 
+def _discriminate_by_concatenation(D, x, labels):
+    """The concat discriminator written out: one-hot label maps appended as input channels, through D's layers."""
+    maps = torch.nn.functional.one_hot(labels, D.num_classes).to(x.dtype)[:, :, None, None]
+    x = torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], dim=1)                   # [N, C + K, H, W]
+    return D.head(D.features(x)).squeeze(1)
+
+
+@pytest.mark.parametrize("classes, norm", [(10, "none"), (200, "spectral"), (7, "spectral")])
+def test_concat_discriminator_equals_label_maps_as_input_channels(classes, norm):
+    """D with --d-cond concat computes what one-hot label maps concatenated to its input would give (logits and the
+    gradient G trains on), without convolving K constant channels per sample."""
+    from training.nets import build_discriminator
+    cfg = make_config("fmnist-cdcgan", {"num_classes": classes, "d_channels": 8, "d_norm": norm})
+    D = build_discriminator(cfg).eval()          # eval: spectral norm's power iteration stands still between calls
+    torch.manual_seed(1)
+    x = torch.randn(12, 1, 28, 28, requires_grad=True)
+    labels = torch.randint(0, classes, (12,))
+    fast = D(x, labels)                                                            # [12]
+    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
+    slow = _discriminate_by_concatenation(D, x, labels)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
+    assert fast.shape == (12,)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=1e-5, atol=1e-6)
+    assert D.features[0].in_channels == 1 + classes         # the weights (and so checkpoints) keep their shapes
+
+
 @needs_fmnist
 def test_training_with_minibatch_std_and_packing_runs(tmp_path):
     run = train(_tiny("fmnist-dcgan", tmp_path, steps=3, d_mbstd=2, pack=2, ckpt_every=100))

@@ -6,7 +6,8 @@ fmnist-cdcgan default) or concatenates a learned class embedding to z (``g_cond=
 always does this). With concat, our Fashion-MNIST runs learned to ignore z and collapsed to one image per class
 (recall 0) whatever the discriminator; with cbn the same recipe keeps its within-class diversity.
 The discriminator either uses projection (Miyato & Koyama 2018): logit = psi(h) + <embed(y), h>, or
-(``d_cond="concat"``, the fmnist-cdcgan default) sees one-hot label maps as extra input channels.
+(``d_cond="concat"``, the fmnist-cdcgan default) sees one-hot label maps as extra input channels (computed as a
+per-class table added after the first conv, the same numbers without convolving K constant channels).
 Both keep D a single-output classifier of real vs fake, which every loss here assumes.
 
 Generators map z [N, latent_dim] (and labels [N]) to images [N, C, H, W] in [-1, 1] (tanh),
@@ -243,12 +244,30 @@ class DCGANDiscriminator(nn.Module):
                     nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.concat:   # one-hot label maps as extra input channels: [N, C + K, H, W]
-            maps = nn.functional.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
-            x = torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], dim=1)
+        if self.concat:   # the first conv sees [image, one-hot label maps]; packing is unconditional only (config)
+            h = self.features[1:](_conv_image_and_label_maps(self.features[0], x, labels))   # [N, feat]
+            return self.head(h).squeeze(1)
         n, c, hgt, wid = x.shape
         h = self.features(x.reshape(n // self.pack, c * self.pack, hgt, wid))   # [N / pack, feat]
         return _project(self.head(h).squeeze(1), h, self.embed, labels)
+
+
+def _conv_image_and_label_maps(conv: nn.Conv2d, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``conv`` applied to x [N, C, H, W] with K one-hot label maps appended as input channels, without building them.
+
+    A one-hot map is 1 everywhere in its class's channel and 0 in the others, so what the conv makes of it is that
+    channel's kernel summed over the taps that fall inside the image (zero padding drops the others at the border):
+    one table [K, out, H' * W'] per call, gathered by label, instead of K constant channels convolved per sample
+    (with 100 clusters the maps were 100 of D's 101 input channels). Same weights, same result as the concatenation.
+    """
+    weight = conv.weight              # read once: under spectral norm every read runs a power iteration
+    channels = x.shape[1]
+    image_part = nn.functional.conv2d(x, weight[:, :channels], conv.bias, conv.stride, conv.padding)  # [N, out, H', W']
+    # which kernel taps land inside the image at each output position: [kh * kw, H' * W']
+    ones = torch.ones(1, 1, *x.shape[2:], dtype=weight.dtype, device=weight.device)
+    inside = nn.functional.unfold(ones, conv.kernel_size, padding=conv.padding, stride=conv.stride)[0]
+    table = torch.einsum("okt,tl->kol", weight[:, channels:].flatten(2), inside)                     # [K, out, H'W']
+    return image_part + table[labels].view_as(image_part).to(image_part.dtype)
 
 
 class ClusterDrawingGenerator(nn.Module):
