@@ -5,13 +5,23 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 
 import httpx
 
 
 def burst(url: str, body: dict, clients: int = 40) -> list[httpx.Response]:
+    """``clients`` requests sent at once: each thread opens its connection, then all wait at a barrier and post
+    together (without it, a slow client spread the requests out enough to be served one by one: all 200, no 503)."""
+    start = threading.Barrier(clients)
+
+    def post(_) -> httpx.Response:
+        with httpx.Client(timeout=60) as client:
+            client.get(url + "/readyz")                            # connection open before the barrier
+            start.wait()
+            return client.post(url + "/generate", json=body)
     with cf.ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(lambda _: httpx.post(url + "/generate", json=body, timeout=60), range(clients)))
+        return list(pool.map(post, range(clients)))
 
 
 def served_after(url: str, tries: int = 5) -> httpx.Response:

@@ -267,7 +267,10 @@ def _conv_image_and_label_maps(conv: nn.Conv2d, x: torch.Tensor, labels: torch.T
     ones = torch.ones(1, 1, *x.shape[2:], dtype=weight.dtype, device=weight.device)
     inside = nn.functional.unfold(ones, conv.kernel_size, padding=conv.padding, stride=conv.stride)[0]
     table = torch.einsum("okt,tl->kol", weight[:, channels:].flatten(2), inside)                     # [K, out, H'W']
-    return image_part + table[labels].view_as(image_part).to(image_part.dtype)
+    # pick each sample's row by a one-hot product, not table[labels]: indexing's backward adds rows in an order that
+    # depends on the threads, and resumed runs must match uninterrupted ones bit for bit
+    one_hot = nn.functional.one_hot(labels, table.shape[0]).to(table.dtype)                          # [N, K]
+    return image_part + (one_hot @ table.flatten(1)).view_as(image_part).to(image_part.dtype)
 
 
 class ClusterDrawingGenerator(nn.Module):
