@@ -257,7 +257,7 @@ def _conv_image_and_label_maps(conv: nn.Conv2d, x: torch.Tensor, labels: torch.T
 
     A one-hot map is 1 everywhere in its class's channel and 0 in the others, so what the conv makes of it is that
     channel's kernel summed over the taps that fall inside the image (zero padding drops the others at the border):
-    one table [K, out, H' * W'] per call, gathered by label, instead of K constant channels convolved per sample
+    one table [K, out, H' * W'] per call, a row per sample by its label, instead of K constant channels convolved
     (with 100 clusters the maps were 100 of D's 101 input channels). Same weights, same result as the concatenation.
     """
     weight = conv.weight              # read once: under spectral norm every read runs a power iteration
