@@ -18,7 +18,7 @@ def burst(url: str, body: dict, clients: int = 40) -> list[httpx.Response]:
     def post(_) -> httpx.Response:
         with httpx.Client(timeout=60) as client:
             client.get(url + "/readyz")                            # connection open before the barrier
-            start.wait()
+            start.wait(timeout=30)                                 # a failed thread breaks it: no hang
             return client.post(url + "/generate", json=body)
     with cf.ThreadPoolExecutor(clients) as pool:
         return list(pool.map(post, range(clients)))
