@@ -58,8 +58,9 @@ def _train_parser(sub) -> None:
                                    "the resolved config.")
     p.add_argument("--preset", default="fmnist-dcgan", choices=list(PRESETS),
                    help="named recipe to start from (default: fmnist-dcgan)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint "
-                   "(flags such as --steps may extend it)")
+    p.add_argument("--resume", metavar="RUN_DIR|CHECKPOINT", help="continue a run from its latest checkpoint "
+                   "(flags such as --steps may extend it); given an earlier checkpoint, branch a new run directory "
+                   "from it and leave the original run untouched")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit (fields "
                    "that the chosen architecture, data and settings ignore are left out)")
     _add_config_flags(p)

@@ -378,6 +378,33 @@ def test_resume_equals_uninterrupted(tmp_path, preset):
     assert steps == list(range(1, 9))    # no step recorded twice
 
 
+def test_resume_from_an_earlier_checkpoint_branches_a_new_run(tmp_path):
+    """Resuming from a checkpoint that is not its run's latest (to give it a longer schedule, say) starts a new run
+    directory holding that checkpoint and the stats up to it; the original run's files are left exactly as they
+    were, and the branch equals an uninterrupted run of the new length."""
+    original = train(_tiny("toy-ring", tmp_path / "orig", steps=6, ckpt_every=2, keep_ckpts=0,
+                          lr_decay_start=0.5))    # rates constant to step 3, so step 2 is on any longer schedule
+    before = {p.relative_to(original): p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    earlier = ckpt_io.checkpoint_path(original, 2)
+    cfg = ckpt_io.load_checkpoint(earlier).config
+    cfg.run.steps = 9
+    branch = train(cfg, resume=earlier, log=lambda m: None)
+
+    assert branch != original and branch.parent == original.parent
+    after = {p.relative_to(original): p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    assert after == before                                      # nothing of the original run rewritten or added
+    assert json.loads((branch / "branch.json").read_text()) == {"from": str(earlier.resolve()), "step": 2}
+    steps = [json.loads(line)["step"] for line in (branch / "stats.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 10))
+    assert sorted(p.name for p in (branch / "checkpoints").glob("step-*.pt")) == \
+        [f"step-{s:08d}.pt" for s in (2, 4, 6, 8, 9)]
+    full = train(_tiny("toy-ring", tmp_path / "full", steps=9, ckpt_every=2, keep_ckpts=0, lr_decay_start=0.5))
+    _assert_same_state(ckpt_io.load_checkpoint(full).state, ckpt_io.load_checkpoint(branch).state)
+    # Resuming the branch's own latest checkpoint (or the directory) continues it in place.
+    cfg.run.steps = 10
+    assert train(cfg, resume=branch, log=lambda m: None) == branch
+
+
 def test_resume_after_a_kill_tore_the_last_stats_line(tmp_path):
     """A kill mid-write leaves half a JSON line at the end of stats.jsonl; --resume must still work."""
     part = train(_tiny("toy-ring", tmp_path, steps=5, ckpt_every=100))

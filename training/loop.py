@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -446,23 +447,46 @@ def _record_fd(cfg, st: TrainState, judge: FDJudge, g_eval, data, run_dir: Path)
 
 
 def _open_run_dir(cfg: TrainConfig, resume, st: TrainState, dist_info: Dist, data: TrainingData) -> Path:
-    """A new numbered run dir with config.json, or the resumed one with its state loaded."""
-    if resume:
-        ck = ckpt_io.load_checkpoint(resume)
-        _check_same_clusters(ck, data)
-        st.load_checkpoint(ck.state)
-        run_dir = Path(resume) if Path(resume).is_dir() else ck.path.parent.parent
-        if dist_info.main:
-            (run_dir / "config.json").write_text(cfg.to_json())
-        return run_dir
+    """A new numbered run dir with config.json; the resumed one with its state loaded; or, when ``resume`` is a
+    checkpoint other than its run's latest, a new run dir branched from it (the original run is left untouched)."""
+    if not resume:
+        return _new_run_dir(cfg, dist_info)
+    ck = ckpt_io.load_checkpoint(resume)
+    _check_same_clusters(ck, data)
+    st.load_checkpoint(ck.state)
+    run_dir = ck.path.parent.parent
+    if ck.path.resolve() != ckpt_io.latest_checkpoint(run_dir).resolve():
+        return _new_run_dir(cfg, dist_info, branch_of=ck)
+    if dist_info.main:
+        (run_dir / "config.json").write_text(cfg.to_json())
+    return run_dir
+
+
+def _new_run_dir(cfg: TrainConfig, dist_info: Dist, branch_of: ckpt_io.Checkpoint | None = None) -> Path:
+    """Rank 0 makes the next numbered run dir (with config.json, and a branch's starting files) and tells the rest."""
     holder = [None]
     if dist_info.main:
         run_dir = new_run_dir(cfg.run.out_dir, cfg.run.name or cfg.preset)
         (run_dir / "config.json").write_text(cfg.to_json())
+        if branch_of is not None:
+            _start_branch(run_dir, branch_of)
         holder = [str(run_dir)]
     if dist_info.world > 1:
         dist.broadcast_object_list(holder, src=0)
     return Path(holder[0])
+
+
+def _start_branch(run_dir: Path, ck: ckpt_io.Checkpoint) -> None:
+    """A branch starts with a copy of the checkpoint it grows from (so it resumes on its own) and the original run's
+    stats up to that step; branch.json says where it came from."""
+    start = ckpt_io.checkpoint_path(run_dir, ck.step)
+    start.parent.mkdir(parents=True)
+    shutil.copyfile(ck.path, start)
+    stats = ck.path.parent.parent / "stats.jsonl"
+    if stats.is_file():
+        shutil.copyfile(stats, run_dir / "stats.jsonl")
+        _truncate_stats(run_dir / "stats.jsonl", ck.step)
+    (run_dir / "branch.json").write_text(json.dumps({"from": str(ck.path.resolve()), "step": ck.step}) + "\n")
 
 
 def _check_same_clusters(ck: ckpt_io.Checkpoint, data: TrainingData) -> None:
