@@ -255,25 +255,26 @@ def test_every_view_rises_steeply_with_degradation(every_view, kind):
 
 
 def test_views_agree_on_a_ranked_set_of_generators(tiny_models, every_view):
-    """Real training images, the two shipped models and a 3-step model (1500 samples each): every view puts the
+    """Real training images, the two shipped models and a 3-step model (5000 samples each): every view puts the
     real images first, the untrained model last and both shipped models between them. The two shipped models are
     not ranked against each other: since the self-conditioned default model (2026-12-02) the views disagree on them
     (pixels_pca puts the default model ahead, the classifier views the conditional one; docs/quality.md says so).
     (The two 3-step models are not both in the set either: equally bad, within 2-5%, ordered differently.)"""
     from core.frechet import frechet_distance_features
 
-    sets = {"real": every_view.train_images[every_view.floor_order[:1500]]}
+    # 5000 each: FD's small-sample bias grows as n shrinks, and at 1500 it put real images (0.25) within 1.5x of the
+    # 28,000-step default model (0.38) in pixels_pca, though at 10,000 they are 0.07 against 0.23
+    sets = {"real": every_view.train_images[every_view.floor_order[:5000]]}
     for name, model in (("fmnist-dcgan", REPO / "models" / "fmnist-dcgan"),
                         ("fmnist-cdcgan", REPO / "models" / "fmnist-cdcgan"),
                         ("tiny-dc", tiny_models["dc"])):
-        sets[name] = load_source(str(model), 1500, 0, (28, 28, 1)).images
+        sets[name] = load_source(str(model), 5000, 0, (28, 28, 1)).images
     for view, ref in every_view.views.items():
         fd = {name: frechet_distance_features(ref.view.features(images), ref.test_features)
               for name, images in sets.items()}
         print(f"\n{view}: " + ", ".join(f"{k} {fd[k]:.3f}" for k in sorted(fd, key=fd.get)))
         for shipped in ("fmnist-dcgan", "fmnist-cdcgan"):
-            # at least 1.5x apart from each end (the closest today: real 0.25 vs the default 0.49 in pixels_pca;
-            # the margin was 2x until the 18,000-step default model of 2026-12-02 came closer to real images)
+            # at least 1.5x apart from each end (the closest: real against the default model in pixels_pca)
             assert 1.5 * fd["real"] < fd[shipped] and 2 * fd[shipped] < fd["tiny-dc"], (view, shipped, fd)
 
 
