@@ -77,3 +77,16 @@ def test_card_names_what_the_model_is_conditioned_on():
     assert selfcond.startswith("unconditional (self-conditioned") and "20 k-means clusters" in selfcond
     per_class = kind({"num_classes": 10, "self_conditioning": {"clusters": 5, "per_class": True}})
     assert per_class.startswith("class-conditional (10 classes; each trained as 5 k-means clusters")
+
+
+def test_card_says_which_labels_the_model_was_trained_on():
+    """The data line: class labels, cluster ids in place of labels, or class labels each split into clusters (a
+    class-conditional model trained on clusters within each class used to get both 'class labels' and 'no
+    labels')."""
+    labels = _model_card()._labels_used
+    assert labels({"num_classes": 10}) == "class labels"
+    assert labels({"num_classes": 0}) == "no labels"
+    assert labels({"num_classes": 0, "self_conditioning": {"clusters": 200}}) == \
+        "no labels (200 k-means cluster ids in their place)"
+    per_class = labels({"num_classes": 10, "self_conditioning": {"clusters": 10, "per_class": True}})
+    assert per_class == "class labels, each class split into 10 k-means clusters of its images"

@@ -31,11 +31,19 @@ def _training(manifest: dict) -> list[str]:
         f"- training command: `{t.get('command', 'not recorded')}`",
         f"- exported: `{manifest.get('command')}` (step {steps:,} of the run, generator `{manifest['source']['generator']}`)",
         f"- data: Fashion-MNIST {manifest['data']['split']} split (60,000 images, "
-        f"`apt-get install dataset-fashion-mnist`)" + ("; class labels" if manifest.get("num_classes") else "")
-        + ("; no labels (k-means cluster ids in their place)" if manifest.get("self_conditioning") else ""),
+        f"`apt-get install dataset-fashion-mnist`); {_labels_used(manifest)}",
         f"- images seen by G and D: {steps * batch:,} ({steps:,} steps x batch {batch})" if steps and batch else "",
         f"- wall time to the exported step: {minutes}; machine: {t.get('device') or 'a 2-core CPU'}",
     ]
+
+
+def _labels_used(manifest: dict) -> str:
+    """Which labels G and D were trained on, in words."""
+    clusters = (manifest.get("self_conditioning") or {}).get("clusters")
+    if manifest.get("num_classes"):
+        return f"class labels, each class split into {clusters} k-means clusters of its images" if clusters \
+            else "class labels"
+    return f"no labels ({clusters} k-means cluster ids in their place)" if clusters else "no labels"
 
 
 def _kind(manifest: dict) -> str:
