@@ -90,3 +90,17 @@ def test_card_says_which_labels_the_model_was_trained_on():
         "no labels (200 k-means cluster ids in their place)"
     per_class = labels({"num_classes": 10, "self_conditioning": {"clusters": 10, "per_class": True}})
     assert per_class == "class labels, each class split into 10 k-means clusters of its images"
+
+
+def test_sample_grid_caption_follows_the_manifest():
+    """The caption says what samples.png is from the manifest's own description: 8 x 8 for an unconditional model,
+    one row per class for a conditional one (the card of a conditional model used to call its 10 x 10 class grid
+    'the first 64 images')."""
+    caption = _model_card()._samples_caption
+    plain = caption({"samples": {"seed": 0, "rows": 8, "cols": 8}})
+    assert plain == "`samples.png`: seed 0, the first 64 images the service returns for that seed (8 x 8, row-major)."
+    per_class = caption({"samples": {"seed": 3, "rows": 10, "cols": 10, "labels": "row r shows class r"},
+                         "num_classes": 10})
+    assert per_class == ("`samples.png`: seed 3, a 10 x 10 grid of the first 100 latents the service draws for that "
+                         "seed, row r asking for class r.")
+    assert "samples.png" in caption({})                                 # an older manifest without the entry

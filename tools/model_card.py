@@ -46,6 +46,19 @@ def _labels_used(manifest: dict) -> str:
     return f"no labels ({clusters} k-means cluster ids in their place)" if clusters else "no labels"
 
 
+def _samples_caption(manifest: dict) -> str:
+    """What samples.png shows, from the manifest's description of the grid."""
+    grid = manifest.get("samples")
+    if not grid:
+        return "`samples.png`: a fixed-seed grid rendered by the ONNX model."
+    rows, cols, seed = grid["rows"], grid["cols"], grid["seed"]
+    if grid.get("labels"):
+        return (f"`samples.png`: seed {seed}, a {rows} x {cols} grid of the first {rows * cols} latents the service "
+                "draws for that seed, row r asking for class r.")
+    return (f"`samples.png`: seed {seed}, the first {rows * cols} images the service returns for that seed "
+            f"({rows} x {cols}, row-major).")
+
+
 def _kind(manifest: dict) -> str:
     """What the model is conditioned on, in words."""
     selfcond = manifest.get("self_conditioning")
@@ -69,7 +82,7 @@ def render(model_dir: Path, failure_modes: str, history: str = "") -> str:
              f"(`generator.onnx`, z [N, {manifest['latent_dim']}]"
              + (", label [N]" if manifest.get("num_classes") else "") + " -> uint8 [N, 28, 28, 1]), "
              f"version {manifest['version']}.", "", "![samples](samples.png)", "",
-             "`samples.png`: seed 0, the first 64 images the service returns for that seed.", "",
+             _samples_caption(manifest), "",
              "## How it was made", "", *[ln for ln in _training(manifest) if ln],
              *([f"- history: {history.strip()}"] if history.strip() else []), "",
              "## Quality, in every view, beside the real-data floor", "",
