@@ -22,7 +22,8 @@ from core.image_folder import load_image_folder as load_folder
 from training import checkpoint as ckpt_io
 from training.config import DataConfig, make_config
 from training.data import load_data, load_npz, toy_modes
-from training.loop import TrainingDiverged, autocast_for, new_run_dir, train
+import training.loop
+from training.loop import TrainingDiverged, autocast_for, cpu_has_bf16, cpuinfo_bf16_flags, new_run_dir, train
 from training.sampling import generate, sample_latents
 
 HAVE_FMNIST = Path(FMNIST_DIR, "train-images-idx3-ubyte.gz").exists()
@@ -244,17 +245,47 @@ def test_training_with_minibatch_std_and_packing_runs(tmp_path):
     assert state.step == 3 and state.config.model.d_mbstd == 2
 
 
-@pytest.mark.parametrize("cpu_amp, amp, dtype", [(False, True, torch.float32), (True, True, torch.bfloat16),
-                                                  (True, False, torch.float32)])
-def test_cpu_autocast_only_when_asked(cpu_amp, amp, dtype):
+@pytest.mark.parametrize("cpu_amp, amp, cpu_bf16, dtype", [(False, True, True, torch.float32),
+                                                            (True, True, True, torch.bfloat16),
+                                                            (True, False, True, torch.float32),
+                                                            (True, True, False, torch.float32)])
+def test_cpu_autocast_only_when_asked_and_native(cpu_amp, amp, cpu_bf16, dtype):
+    # on a CPU without bfloat16 instructions --cpu-amp falls back to float32 (emulated bf16 is over 10x slower)
     cfg = make_config("fmnist-dcgan", {"cpu_amp": cpu_amp, "amp": amp})
     conv = torch.nn.Conv2d(1, 4, 3)
-    with autocast_for(cfg, torch.device("cpu"))():
+    with autocast_for(cfg, torch.device("cpu"), cpu_bf16=cpu_bf16)():
         out = conv(torch.randn(2, 1, 8, 8))                                # [2, 4, 6, 6]
     assert out.dtype == dtype
 
 
-def test_training_with_cpu_autocast_keeps_float32_weights(tmp_path):
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 fma", []), ("avx2 avx512f avx512_bf16 vnni", ["avx512_bf16"]),
+                                             ("avx512_bf16 amx_bf16 amx_tile", ["avx512_bf16", "amx_bf16"]),
+                                             ("", [])])
+def test_cpuinfo_bf16_flags(flags, expected):
+    text = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert cpuinfo_bf16_flags(text) == expected
+
+
+def test_cpu_has_bf16_agrees_with_proc_cpuinfo():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo")
+    assert cpu_has_bf16() == bool(cpuinfo_bf16_flags(cpuinfo.read_text()))
+
+
+@needs_fmnist
+def test_cpu_amp_without_bf16_instructions_warns_and_trains_in_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr(training.loop, "cpu_has_bf16", lambda: False)
+    lines = []
+    run = train(_tiny("fmnist-dcgan", tmp_path, steps=2, cpu_amp=True, ckpt_every=100), log=lines.append)
+    warning = [line for line in lines if "--cpu-amp" in line]
+    assert len(warning) == 1 and "float32" in warning[0] and "bfloat16" in warning[0]
+    assert ckpt_io.load_checkpoint(run).step == 2
+
+
+@needs_fmnist
+def test_training_with_cpu_autocast_keeps_float32_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(training.loop, "cpu_has_bf16", lambda: True)       # the autocast path on any CPU
     run = train(_tiny("fmnist-cdcgan", tmp_path, steps=3, cpu_amp=True, ckpt_every=100))
     state = ckpt_io.load_checkpoint(run)
     G = state.generator()
@@ -572,17 +603,25 @@ def test_linear_lr_decay_is_a_function_of_the_step(tmp_path):
     assert seen[80] == pytest.approx((5e-4, 2e-3)) and seen[100] == (0.0, 0.0)
 
 
-def test_bench_train_times_both_arithmetics_side_by_side(tmp_path):
+def test_bench_train_times_both_arithmetics_side_by_side(tmp_path, monkeypatch):
+    import training.benchmarks
     from training.benchmarks import bench_train
 
     out = tmp_path / "benchmarks.md"
-    body = bench_train("fmnist-dcgan", {"g_channels": 8, "d_channels": 8, "batch_size": 8}, steps=2, rounds=2,
-                       out=str(out), command="gan bench train tiny")
-    assert "## Training step on CPU: float32 against bfloat16 autocast (gan bench train)" in out.read_text()
-    rows = [line.split("|")[1:-1] for line in body.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r[0].strip() for r in rows] == ["float32", "bfloat16 autocast (--cpu-amp)"]
-    assert rows[0][3].strip() == "1.00x" and all(float(r[1].replace(",", "")) > 0 for r in rows)
-    assert "gan bench train tiny" in body
+    tiny = {"g_channels": 8, "d_channels": 8, "batch_size": 8}
+    bodies = {}
+    # one section per kind of CPU: a run on a CPU without bfloat16 instructions keeps the other kind's numbers
+    for flags in ("avx512_bf16", "no avx512_bf16 / amx_bf16"):
+        monkeypatch.setattr(training.benchmarks, "_cpu_flags", lambda flags=flags: flags)
+        bodies[flags] = bench_train("fmnist-dcgan", tiny, steps=2, rounds=2, out=str(out),
+                                    command="gan bench train tiny")
+    text = out.read_text()
+    for flags, body in bodies.items():
+        title = f"## Training step on CPU: float32 against bfloat16 autocast (gan bench train; CPU flags: {flags})"
+        assert text.count(title) == 1
+        rows = [line.split("|")[1:-1] for line in body.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        assert [r[0].strip() for r in rows] == ["float32", "bfloat16 autocast (--cpu-amp)"]
+        assert rows[0][3].strip() == "1.00x" and all(float(r[1].replace(",", "")) > 0 for r in rows)
 
 
 @pytest.mark.parametrize("argv, said", [(["--steps", "0"], "--steps"), (["--preset", "toy-ring"], "--preset")])

@@ -100,7 +100,8 @@ class RunConfig:
     device: str = _f("auto", "torch device: auto picks cuda when available", ("auto", "cpu", "cuda"))
     amp: bool = _f(True, "bfloat16 mixed precision on CUDA (on CPU only with --cpu-amp)")
     cpu_amp: bool = _f(False, "bfloat16 autocast on CPU too: 1.5-1.8x faster steps on CPUs with AVX512-BF16 or AMX "
-                              "(docs/benchmarks.md), much slower on CPUs without; weights and losses stay float32")
+                              "(docs/benchmarks.md); on CPUs without them, where it would be emulated and over 10x "
+                              "slower, the run logs so and trains in float32; weights and losses stay float32")
     ema: bool = _f(True, "keep an exponential moving average of G's weights")
     ema_decay: float = _f(0.999, "EMA decay per generator step")
     log_every: int = _f(50, "steps between stats.jsonl records and progress lines")

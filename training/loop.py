@@ -370,12 +370,46 @@ def save(cfg: TrainConfig, st: TrainState, run_dir: Path, data: TrainingData, be
     return path
 
 
-def autocast_for(cfg: TrainConfig, device: torch.device):
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")      # /proc/cpuinfo flags of native bfloat16 arithmetic
+
+
+def cpuinfo_bf16_flags(cpuinfo: str) -> list[str]:
+    """Which of BF16_CPU_FLAGS the ``flags`` lines of a /proc/cpuinfo text name."""
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[-1].split()}
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Without them oneDNN emulates bfloat16 and
+    an autocast training step is over 10x slower than float32 (docs/benchmarks.md), not 1.7x faster."""
+    # torch has no public query for these; the private ones below back torch.cpu's own checks (torch 2.x), and
+    # /proc/cpuinfo answers where a torch build lacks them
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        cpuinfo = Path("/proc/cpuinfo")
+        return cpuinfo.exists() and bool(cpuinfo_bf16_flags(cpuinfo.read_text()))
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device, cpu_bf16: bool | None = None):
     """A factory of the context G's and D's forwards run in: bfloat16 autocast on CUDA (``amp``) and, when asked
-    (``cpu_amp``), on CPU; otherwise plain float32."""
-    if cfg.run.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.run.cpu_amp)):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    (``cpu_amp``), on a CPU with bfloat16 instructions; otherwise plain float32. ``cpu_bf16``: whether the CPU has
+    them (None: ask :func:`cpu_has_bf16`; ``gan bench train`` passes True to time the emulated path too)."""
+    if cfg.run.amp and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if cfg.run.amp and device.type == "cpu" and cfg.run.cpu_amp:
+        if cpu_bf16 if cpu_bf16 is not None else cpu_has_bf16():
+            return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext
+
+
+def cpu_amp_fallback_note(cfg: TrainConfig, device: torch.device) -> str | None:
+    """The line a run logs when it was asked for --cpu-amp on a CPU that would only emulate bfloat16."""
+    if cfg.run.amp and cfg.run.cpu_amp and device.type == "cpu" and not cpu_has_bf16():
+        return ("--cpu-amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 autocast would "
+                "be emulated and over 10x slower; training in float32 instead")
+    return None
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, log=None) -> Path:
@@ -396,6 +430,8 @@ def _train(cfg: TrainConfig, resume, log, device: torch.device, dist_info: Dist)
     run_dir = _open_run_dir(cfg, resume, st, dist_info, data)
     amp = autocast_for(cfg, device)
     recorder = Recorder(run_dir, cfg.run.steps, st.step, dist_info.main, log)
+    if dist_info.main and (note := cpu_amp_fallback_note(cfg, device)):
+        recorder.log(note)
     last_ckpt = ckpt_io.latest_checkpoint(run_dir) if resume else None
     G_plain = _unwrap(st.G)
     st.device = describe_device(device)
