@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,17 @@ def test_cpu_has_bf16_agrees_with_proc_cpuinfo():
     assert cpu_has_bf16() == bool(cpuinfo_bf16_flags(cpuinfo.read_text()))
 
 
+def test_cpu_has_bf16_falls_back_to_proc_cpuinfo_without_torchs_query(monkeypatch, tmp_path):
+    # a torch build without the private CPU-capability queries: the answer comes from /proc/cpuinfo's flags
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    real_path = Path
+    for flags, expected in (("avx2 fma", False), ("avx2 avx512_bf16", True)):
+        fake = tmp_path / f"cpuinfo-{expected}"
+        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(training.loop, "Path", lambda p, fake=fake: fake if p == "/proc/cpuinfo" else real_path(p))
+        assert cpu_has_bf16() is expected
+
+
 @needs_fmnist
 def test_cpu_amp_without_bf16_instructions_warns_and_trains_in_float32(tmp_path, monkeypatch):
     monkeypatch.setattr(training.loop, "cpu_has_bf16", lambda: False)
@@ -280,6 +292,7 @@ def test_cpu_amp_without_bf16_instructions_warns_and_trains_in_float32(tmp_path,
     run = train(_tiny("fmnist-dcgan", tmp_path, steps=2, cpu_amp=True, ckpt_every=100), log=lines.append)
     warning = [line for line in lines if "--cpu-amp" in line]
     assert len(warning) == 1 and "float32" in warning[0] and "bfloat16" in warning[0]
+    assert autocast_for(make_config("fmnist-dcgan", {"cpu_amp": True}), torch.device("cpu")) is nullcontext
     assert ckpt_io.load_checkpoint(run).step == 2
 
 

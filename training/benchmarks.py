@@ -309,7 +309,10 @@ def bench_train(preset: str = "fmnist-cdcgan", overrides: dict | None = None, st
             f"flags {cpu_flags}. Each arm: 3 warm-up steps, then the best of {rounds} rounds of {steps} steps, "
             f"the arms alternating round by round. A step is one D and one G update (Algorithm 1, k = 1).\n\n"
             f"Command: `{command or 'gan bench train'}`\n\n" + "\n".join(table))
-    # one section per kind of CPU: autocast is 1.7x faster with bfloat16 instructions and 14x slower without
+    if cpu_flags.startswith("no "):
+        body += ("\n\nWithout these instructions `gan train --cpu-amp` trains in float32 (it says so); the autocast row "
+                 "is timed with autocast forced on, to show why.")
+    # one section per kind of CPU: autocast is 1.7x faster with bfloat16 instructions and 16x slower without
     title = f"Training step on CPU: float32 against bfloat16 autocast (gan bench train; CPU flags: {cpu_flags})"
     write_section(out, title, body)
     return body

@@ -65,6 +65,10 @@ class Dist:
     world: int = 1                 # processes in the group (1: no group)
     store: dist.Store | None = None  # this training call's key-value store shared by the ranks (None: no group)
 
+    def __post_init__(self):
+        if self.world > 1 and self.store is None:
+            raise ValueError("Dist: a group of several processes needs their shared store")
+
     @property
     def main(self) -> bool:
         return self.rank == 0
@@ -415,7 +419,8 @@ def autocast_for(cfg: TrainConfig, device: torch.device, cpu_bf16: bool | None =
     if cfg.run.amp and device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     if cfg.run.amp and device.type == "cpu" and cfg.run.cpu_amp:
-        if cpu_bf16 if cpu_bf16 is not None else cpu_has_bf16():
+        native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+        if native:
             return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext
 
@@ -423,7 +428,7 @@ def autocast_for(cfg: TrainConfig, device: torch.device, cpu_bf16: bool | None =
 def cpu_amp_fallback_note(cfg: TrainConfig, device: torch.device) -> str | None:
     """The line a run logs when it was asked for --cpu-amp on a CPU that would only emulate bfloat16."""
     if cfg.run.amp and cfg.run.cpu_amp and device.type == "cpu" and not cpu_has_bf16():
-        return ("--cpu-amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 autocast would "
+        return ("--cpu-amp: this CPU has no x86 bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 autocast would "
                 "be emulated and over 10x slower; training in float32 instead")
     return None
 
@@ -568,6 +573,11 @@ def _check_ranks_in_sync(G: nn.Module, dist_info: Dist) -> None:
     mine = f"{flat.sum().item().hex()} {flat.abs().sum().item().hex()}"     # exact float64 sums, as text
     dist_info.store.set(f"weights/{dist_info.rank}", mine)
     every = [dist_info.store.get(f"weights/{rank}").decode() for rank in range(dist_info.world)]
+    # rank 0 may host the store (a launch without torchrun's agent store): it leaves only once every rank has read
+    if dist_info.main:
+        dist_info.store.wait([f"read/{rank}" for rank in range(1, dist_info.world)])
+    else:
+        dist_info.store.set(f"read/{dist_info.rank}", "1")
     if len(set(every)) > 1:
         sums = [[float.fromhex(v) for v in sums.split()] for sums in every]
         raise RuntimeError(f"DDP ranks ended with different generator weights: {sums}")
