@@ -412,22 +412,26 @@ def cpu_has_bf16() -> bool:
         return cpuinfo.exists() and bool(cpuinfo_bf16_flags(cpuinfo.read_text()))
 
 
+def _asks_cpu_autocast(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the config asks for bfloat16 autocast on this CPU device (``amp`` and ``cpu_amp``)."""
+    return cfg.run.amp and cfg.run.cpu_amp and device.type == "cpu"
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device, cpu_bf16: bool | None = None):
     """A factory of the context G's and D's forwards run in: bfloat16 autocast on CUDA (``amp``) and, when asked
     (``cpu_amp``), on a CPU with bfloat16 instructions; otherwise plain float32. ``cpu_bf16``: whether the CPU has
     them (None: ask :func:`cpu_has_bf16`; ``gan bench train`` passes True to time the emulated path too)."""
     if cfg.run.amp and device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    if cfg.run.amp and device.type == "cpu" and cfg.run.cpu_amp:
-        native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
-        if native:
-            return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    if _asks_cpu_autocast(cfg, device) and (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext
 
 
-def cpu_amp_fallback_note(cfg: TrainConfig, device: torch.device) -> str | None:
-    """The line a run logs when it was asked for --cpu-amp on a CPU that would only emulate bfloat16."""
-    if cfg.run.amp and cfg.run.cpu_amp and device.type == "cpu" and not cpu_has_bf16():
+def cpu_amp_fallback_note(cfg: TrainConfig, device: torch.device, amp) -> str | None:
+    """The line a run logs when it was asked for --cpu-amp but ``amp``, the context factory :func:`autocast_for`
+    chose, is plain float32 (a CPU that would only emulate bfloat16)."""
+    if _asks_cpu_autocast(cfg, device) and amp is nullcontext:
         return ("--cpu-amp: this CPU has no x86 bfloat16 instructions (AVX512-BF16 or AMX), so bfloat16 autocast would "
                 "be emulated and over 10x slower; training in float32 instead")
     return None
@@ -451,7 +455,7 @@ def _train(cfg: TrainConfig, resume, log, device: torch.device, dist_info: Dist)
     run_dir = _open_run_dir(cfg, resume, st, dist_info, data)
     amp = autocast_for(cfg, device)
     recorder = Recorder(run_dir, cfg.run.steps, st.step, dist_info.main, log)
-    if dist_info.main and (note := cpu_amp_fallback_note(cfg, device)):
+    if dist_info.main and (note := cpu_amp_fallback_note(cfg, device, amp)):
         recorder.log(note)
     last_ckpt = ckpt_io.latest_checkpoint(run_dir) if resume else None
     G_plain = _unwrap(st.G)
