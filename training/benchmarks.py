@@ -320,10 +320,10 @@ def bench_train(preset: str = "fmnist-cdcgan", overrides: dict | None = None, st
 
 def _cpu_flags() -> str:
     """Which bfloat16 instructions the CPU has (autocast is fast with them, emulated and slow without)."""
-    from training.loop import cpuinfo_bf16_flags
+    from training.loop import BF16_CPU_FLAGS, cpuinfo_bf16_flags
 
     try:
         have = cpuinfo_bf16_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
         return "unknown"
-    return ", ".join(have) if have else "no avx512_bf16 / amx_bf16"
+    return ", ".join(have) if have else "no " + " / ".join(BF16_CPU_FLAGS)
