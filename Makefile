@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,serve,ray,dev]'
 	touch $@
 
-# The main job: serve the shipped models (the first, fmnist-dcgan, is the default) on http://127.0.0.1:3000.
+# The main job: serve the shipped models (the first, fmnist-cdcgan, is the default) on http://127.0.0.1:3000.
 # With an NVIDIA driver (nvidia-smi) it serves from its own environment .venv-gpu with the `gpu` extra
 # (onnxruntime-gpu with CUDA and cuDNN from PyPI): onnxruntime and onnxruntime-gpu never share one environment.
 GPU_VENV := .venv-gpu
@@ -35,9 +35,10 @@ $(GPU_VENV)/.installed: pyproject.toml
 	$(GPU_VENV)/bin/pip install -q -e '.[gpu]'
 	touch $@
 
-# A short CPU training run on Fashion-MNIST (writes runs/NNNNN-fmnist-dcgan/ with a checkpoint and sample grids).
+# A short CPU run of the default model's recipe on Fashion-MNIST (writes runs/NNNNN-fmnist-cdcgan/ with a
+# checkpoint and a sample grid); the full recipe is `gan train --preset fmnist-cdcgan`.
 train-demo: setup
-	$(BIN)/gan train --preset fmnist-dcgan --steps 300 --log-every 50
+	$(BIN)/gan train --preset fmnist-cdcgan --steps 300 --log-every 50 --fd-every 0
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny trained-and-exported models (CPU, seconds) and a real `bentoml serve` launcher."""
+"""Shared fixtures: tiny exported models (checked in, torch-free) and a real `bentoml serve` launcher."""
 from __future__ import annotations
 
 import os
@@ -12,26 +12,18 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Model directories {'dc': unconditional conv, 'cdc': class-conditional conv}, trained a few steps and exported."""
-    if not FMNIST.exists():
-        pytest.skip("apt-get install dataset-fashion-mnist")
-    from training.config import make_config
-    from training.export import export_model
-    from training.loop import train
+    """Model directories {'dc': unconditional conv, 'cdc': class-conditional conv}: copies of the real, tiny
+    exports checked in under tests/data (tests/data/make_tiny_models.py makes them), so the service, sampler and
+    web tests need neither torch nor the dataset."""
+    import shutil
 
     root = tmp_path_factory.mktemp("tiny-models")
-    out = {}
-    for key, preset in (("dc", "fmnist-dcgan"), ("cdc", "fmnist-cdcgan")):
-        cfg = make_config(preset, {"g_channels": 8, "d_channels": 8, "latent_dim": 16, "steps": 3, "limit": 256,
-                                   "batch_size": 16, "log_every": 1, "sample_every": 0, "fd_every": 0,
-                                   "out_dir": str(root / "runs")})
-        out[key] = export_model(train(cfg), f"tiny-{key}", out_dir=root / "models", fp16=False)
-    return out
+    return {key: Path(shutil.copytree(DATA / f"tiny-{key}", root / f"tiny-{key}")) for key in ("dc", "cdc")}
 
 
 def free_port() -> int:
@@ -41,7 +33,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve service.service:GAN` as a subprocess on a free loopback port."""
+    """`bentoml serve gan_service.serving.app:GAN` as a subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path):
         self.port = free_port()
@@ -49,7 +41,7 @@ class Server:
         self.log_path = log_path
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.service:GAN", "--host", "127.0.0.1",
+            [sys.executable, "-m", "bentoml", "serve", "gan_service.serving.app:GAN", "--host", "127.0.0.1",
              "--port", str(self.port)], cwd=REPO, env=full_env, stdout=open(log_path, "wb"),
             stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -20,12 +20,13 @@ def test_bentoml_build_in_a_temporary_home(tmp_path):
     name, version = tag.split(":")
     bento = tmp_path / "bentos" / name / version
     src = bento / "src"
-    for shipped in ("fmnist-dcgan", "fmnist-cdcgan"):
+    pkg = src / "gan_service"
+    for shipped in ("fmnist-cdcgan", "fmnist-dcgan"):
         for f in ("generator.onnx", "manifest.json", "samples.png"):
-            assert (src / "models" / shipped / f).is_file(), f"{shipped}/{f} missing from the bento"
-    assert (src / "service" / "service.py").is_file() and (src / "service" / "web" / "index.html").is_file()
-    assert not list(src.rglob("*.pt")) and not (src / "training").exists()        # no torch, no checkpoints
+            assert (pkg / "models" / shipped / f).is_file(), f"{shipped}/{f} missing from the bento"
+    assert (pkg / "serving" / "app.py").is_file() and (pkg / "serving" / "web" / "index.html").is_file()
+    assert not list(src.rglob("*.pt")) and not (pkg / "training").exists()        # no torch, no checkpoints
     meta = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert meta["service"] == "service.service:GAN"
+    assert meta["service"] == "gan_service.serving.app:GAN"
     packages = "\n".join(p.read_text() for p in (bento / "env" / "python").rglob("requirements*.txt"))
     assert "onnxruntime-gpu" in packages and "torch" not in packages

@@ -20,16 +20,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from core.accuracy import per_class_accuracy
-from evaluation import metrics as M
-from evaluation.evaluate import EvaluationError, evaluate, real_data
-from evaluation.features import Classifier
-from evaluation.sources import load_source
+from gan_service.core.accuracy import per_class_accuracy
+from gan_service.evaluation import metrics as M
+from gan_service.evaluation.evaluate import EvaluationError, evaluate, real_data
+from gan_service.evaluation.features import Classifier
+from gan_service.evaluation.sources import load_source
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-CLASSIFIER = REPO / "models" / "eval"
-ROBUST = REPO / "models" / "eval-robust"
+CLASSIFIER = REPO / "gan_service" / "models" / "eval"
+ROBUST = REPO / "gan_service" / "models" / "eval-robust"
 
 pytestmark = pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").exists(),
                                 reason="apt-get install dataset-fashion-mnist")
@@ -50,7 +50,7 @@ def _own_cache_and_lighter_settings(tmp_path_factory, monkeypatch):
     """Floor results are cached on disk: keep the tests' cache out of the user's home. Fewer KID subsets,
     nearest-neighbour queries, Parzen test images and Inception reference images than `gan evaluate` uses keep
     the suite fast; nothing tested depends on them."""
-    import evaluation.evaluate as E
+    import gan_service.evaluation.evaluate as E
 
     monkeypatch.setenv("GAN_EVAL_CACHE", str(tmp_path_factory.getbasetemp() / "eval-cache"))
     monkeypatch.setattr(E, "KID_SUBSETS", 20)
@@ -234,7 +234,7 @@ def test_every_view_rises_steeply_with_degradation(every_view, kind):
     """2000 test images, increasingly degraded, against 3000 training images, in every view (the classifier, the
     robust classifier and pixel PCA): FD rises at every step (and KID in both classifier views), the mildest
     degradation already lifts FD well above the clean images' in the classifier views, the strongest by 20x."""
-    from evaluation.evaluate import view_metrics
+    from gan_service.evaluation.evaluate import view_metrics
 
     rng = np.random.default_rng(5)
     base, reference = every_view.test_images[:2000], every_view.train_images[every_view.floor_order[:3000]]
@@ -260,13 +260,13 @@ def test_views_agree_on_a_ranked_set_of_generators(tiny_models, every_view):
     not ranked against each other: since the self-conditioned default model (2026-12-02) the views disagree on them
     (pixels_pca puts the default model ahead, the classifier views the conditional one; docs/quality.md says so).
     (The two 3-step models are not both in the set either: equally bad, within 2-5%, ordered differently.)"""
-    from core.frechet import frechet_distance_features
+    from gan_service.core.frechet import frechet_distance_features
 
     # 5000 each: FD's small-sample bias grows as n shrinks, and at 1500 it put real images (0.25) within 1.5x of the
     # 28,000-step default model (0.38) in pixels_pca, though at 10,000 they are 0.07 against 0.23
     sets = {"real": every_view.train_images[every_view.floor_order[:5000]]}
-    for name, model in (("fmnist-dcgan", REPO / "models" / "fmnist-dcgan"),
-                        ("fmnist-cdcgan", REPO / "models" / "fmnist-cdcgan"),
+    for name, model in (("fmnist-dcgan", REPO / "gan_service" / "models" / "fmnist-dcgan"),
+                        ("fmnist-cdcgan", REPO / "gan_service" / "models" / "fmnist-cdcgan"),
                         ("tiny-dc", tiny_models["dc"])):
         sets[name] = load_source(str(model), 5000, 0, (28, 28, 1)).images
     for view, ref in every_view.views.items():
@@ -305,7 +305,7 @@ def test_floor_is_far_below_an_untrained_generator(tiny_models, real, tmp_path):
     it) with the headline numbers of every view."""
     import shutil
 
-    from service.modeldir import load_model_dir
+    from gan_service.serving.modeldir import load_model_dir
 
     results = {}
     for key in ("dc", "cdc"):
@@ -365,7 +365,7 @@ def test_evaluate_leaves_the_model_directory_alone_by_default(tiny_models, tmp_p
 # ---------------------------------------------------------------- sources give the service's images
 
 def test_sources_agree_with_the_sampler(tiny_models, tmp_path):
-    from service.sampler import SampleOptions, sample
+    from gan_service.serving.sampler import SampleOptions, sample
 
     direct = load_source(str(tiny_models["cdc"]), 150, 7, (28, 28, 1))
     assert direct.images.shape == (150, 28, 28, 1) and direct.requested.tolist() == [i % 10 for i in range(150)]
@@ -412,7 +412,7 @@ def test_cli_exit_code_2_with_a_message(tmp_path):
     (tmp_path / "empty").mkdir()
     for args, match in (([str(tmp_path / "empty")], "no images found"),
                         ([str(tmp_path / "empty"), "--n", "10"], "needs at least 129")):
-        proc = subprocess.run([sys.executable, "-m", "gan.cli", "evaluate", *args], cwd=REPO, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "evaluate", *args], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("gan evaluate: error: ") and match in proc.stderr, proc.stderr
@@ -420,7 +420,7 @@ def test_cli_exit_code_2_with_a_message(tmp_path):
 
 def test_cli_prints_a_summary_of_every_view(real, tmp_path):
     folder = _write_pngs(tmp_path / "imgs", real.train_images[real.floor_order[-2500:-2200]])
-    proc = subprocess.run([sys.executable, "-m", "gan.cli", "evaluate", str(folder), "--n", "300", "--out",
+    proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "evaluate", str(folder), "--n", "300", "--out",
                            str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "GAN_EVAL_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr
@@ -458,7 +458,7 @@ def test_inception_fid_plumbing(real, tmp_path):
                  inception_weights=tmp_path / "imgs" / "000000.png")
 
 
-INCEPTION = Path(os.environ.get("GAN_INCEPTION_WEIGHTS", REPO / "models" / "inception" / "inception-fid.onnx"))
+INCEPTION = Path(os.environ.get("GAN_INCEPTION_WEIGHTS", REPO / "gan_service" / "models" / "inception" / "inception-fid.onnx"))
 
 
 @pytest.mark.slow

@@ -15,28 +15,28 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from core.fmnist import FMNIST_CLASSES, FMNIST_DIR
-from service.latents import latents
-from service.modeldir import LabelError, ModelDirError, load_model_dir, write_manifest
-from training.checkpoint import file_sha256, latest_checkpoint
-from training.config import make_config
-from training.export import ExportError, export_model
-from training.fp16 import decision_nodes
-from training.loop import train
+from gan_service.core.fmnist import FMNIST_CLASSES, FMNIST_DIR
+from gan_service.serving.latents import latents
+from gan_service.serving.modeldir import LabelError, ModelDirError, load_model_dir, write_manifest
+from gan_service.training.checkpoint import file_sha256, latest_checkpoint
+from gan_service.training.config import make_config
+from gan_service.training.export import ExportError, export_model
+from gan_service.training.fp16 import decision_nodes
+from gan_service.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CONV = {"g_channels": 8, "d_channels": 8}
 ARCHS = {
     "mlp": ("paper-mlp", {"g_hidden": [64], "d_hidden": [32], "d_maxout": 2}),
-    "dcgan": ("fmnist-dcgan", SMALL_CONV),
-    "cdcgan": ("fmnist-cdcgan", SMALL_CONV),
+    "dcgan": ("fmnist-dcgan-basic", SMALL_CONV),
+    "cdcgan": ("fmnist-cdcgan-basic", SMALL_CONV),
     # the shipped recipe: nearest-resize + conv upsampling in G (an ONNX Resize, whose scales stay float32 in fp16)
-    "dcgan-resize": ("fmnist-dcgan", {**SMALL_CONV, "g_upsample": "resize", "d_norm": "spectral"}),
+    "dcgan-resize": ("fmnist-dcgan-basic", {**SMALL_CONV, "g_upsample": "resize", "d_norm": "spectral"}),
     # self-conditioned: trained on 4 k-means clusters, served unconditional (the cluster drawn from one more latent)
-    "selfcond": ("fmnist-cdcgan", {**SMALL_CONV, "g_upsample": "resize", "clusters": 4, "num_classes": 4,
+    "selfcond": ("fmnist-cdcgan-basic", {**SMALL_CONV, "g_upsample": "resize", "clusters": 4, "num_classes": 4,
                                    "use_labels": False}),
     # clusters within each class: 10 classes x 2 clusters, served class-conditional (the cluster drawn per class)
-    "subclass": ("fmnist-cdcgan", {**SMALL_CONV, "g_upsample": "resize", "clusters": 2, "num_classes": 20}),
+    "subclass": ("fmnist-cdcgan-basic", {**SMALL_CONV, "g_upsample": "resize", "clusters": 2, "num_classes": 20}),
 }
 SELF_CONDITIONED = {"selfcond", "subclass"}
 CONDITIONAL = {"cdcgan", "subclass"}          # served with a label input
@@ -171,8 +171,8 @@ def test_manifest_fields(exported, runs):
 def test_training_time_of_old_checkpoints_from_stats(runs, tmp_path):
     """Checkpoints from before train_seconds existed: the wall time is summed over resumed sessions' stats.jsonl."""
     import torch
-    from training.checkpoint import load_checkpoint
-    from training.checkpoint import training_time
+    from gan_service.training.checkpoint import load_checkpoint
+    from gan_service.training.checkpoint import training_time
     ck = load_checkpoint(runs["dcgan"])
     assert training_time(ck)["wall_time_s"] == round(ck.state["train_seconds"], 3)
     old = tmp_path / "run" / "checkpoints" / "step-00000002.pt"
@@ -352,7 +352,7 @@ def test_toy_checkpoint_is_refused(runs, tmp_path):
 
 def test_failed_parity_leaves_nothing(runs, exported, tmp_path, monkeypatch):
     """An ONNX graph that disagrees with PyTorch fails the export and no directory (or temp dir) remains."""
-    import training.export as ex
+    import gan_service.training.export as ex
 
     wrong = onnx.load(exported["dcgan"] / "generator.onnx")
     bias = next(t for t in wrong.graph.initializer if t.name.endswith("to_image.bias"))
@@ -365,10 +365,10 @@ def test_failed_parity_leaves_nothing(runs, exported, tmp_path, monkeypatch):
 
 def test_bring_your_own_onnx_generator(tmp_path):
     """README, "Bring your own model": an ONNX graph made without this project's training (here by onnx.helper),
-    plus a manifest written by service.modeldir.write_manifest with the required keys, is a model directory the
+    plus a manifest written by serving.modeldir.write_manifest with the required keys, is a model directory the
     service's loader and engine accept."""
     from onnx import TensorProto, helper, numpy_helper
-    from service.engine import Engine, EngineOptions
+    from gan_service.serving.engine import Engine, EngineOptions
 
     w = np.random.default_rng(0).standard_normal((4, 28 * 28)).astype(np.float32) * 0.5
     consts = {"w": w, "one": np.float32(1), "half_scale": np.float32(127.5), "half": np.float32(0.5),
@@ -409,7 +409,7 @@ def _env(tmp_path: Path) -> dict:
 def test_cli_export_to_bentoml_and_load_by_tag(runs, exported, tmp_path):
     env = _env(tmp_path)
     out = tmp_path / "models"
-    proc = subprocess.run([sys.executable, "-m", "gan.cli", "export", str(runs["dcgan"]), "--name", "cli-model",
+    proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "export", str(runs["dcgan"]), "--name", "cli-model",
                            "--out-dir", str(out), "--to-bentoml"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -422,7 +422,7 @@ def test_cli_export_to_bentoml_and_load_by_tag(runs, exported, tmp_path):
 
     script = (
         "import json, sys\n"
-        "from service.modeldir import ModelDirError, load_model_dir\n"
+        "from gan_service.serving.modeldir import ModelDirError, load_model_dir\n"
         "assert 'torch' not in sys.modules\n"
         "md = load_model_dir('cli-model:latest')\n"
         "try:\n"
@@ -444,10 +444,10 @@ def test_cli_export_to_bentoml_and_load_by_tag(runs, exported, tmp_path):
 def test_cli_export_errors(runs, tmp_path):
     env = _env(tmp_path)
     missing = tmp_path / "no-such-run"
-    proc = subprocess.run([sys.executable, "-m", "gan.cli", "export", str(missing), "--name", "x"],
+    proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "export", str(missing), "--name", "x"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "gan.cli", "export", str(runs["dcgan"]), "--name", "../x"],
+    proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "export", str(runs["dcgan"]), "--name", "../x"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "--name" in proc.stderr

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from service.loadgen import run_wrk
+from gan_service.serving.loadgen import run_wrk
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="apt-get install wrk")
 ALLOWED = {200, 429, 503, 504}          # 429 past max_concurrency, 503 past the batching budget, 504 past the timeout

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "fmnist-cdcgan"
+SHIPPED = REPO / "gan_service" / "models" / "fmnist-cdcgan"
 
 
 def _model_card():
@@ -58,7 +58,7 @@ def test_writing_the_card_keeps_the_model_directory_verifiable(tmp_path):
     service (load_model_dir verifies every file) still loads the directory."""
     import shutil
 
-    from service.modeldir import load_model_dir
+    from gan_service.serving.modeldir import load_model_dir
     model = shutil.copytree(SHIPPED, tmp_path / "m")
     modes = tmp_path / "modes.md"
     modes.write_text("- **a failure mode written today**\n")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.rejection import (RejectionConfig, acceptance, fit_optimal_discriminator, rejection_sample,
+from gan_service.training.rejection import (RejectionConfig, acceptance, fit_optimal_discriminator, rejection_sample,
                                 sample_with_rejection)
 
 
@@ -60,9 +60,9 @@ def test_rejection_turns_p_g_into_p_data(filtered):
 
 
 def test_sample_with_rejection_on_a_toy_run_repeats_exactly():
-    from training.config import make_config
-    from training.data import load_data
-    from training.nets import build_generator
+    from gan_service.training.config import make_config
+    from gan_service.training.data import load_data
+    from gan_service.training.nets import build_generator
 
     cfg = make_config("toy-ring", {"seed": 3})
     torch.manual_seed(0)
@@ -76,11 +76,11 @@ def test_sample_with_rejection_on_a_toy_run_repeats_exactly():
 
 
 def test_sample_with_rejection_refuses_conditional_generators():
-    from training.config import make_config
-    from training.data import load_data
-    from training.nets import build_generator
+    from gan_service.training.config import make_config
+    from gan_service.training.data import load_data
+    from gan_service.training.nets import build_generator
 
     ring = make_config("toy-ring", {})
-    conditional = make_config("fmnist-cdcgan", {})    # only its model section is read before the refusal
+    conditional = make_config("fmnist-cdcgan-basic", {})    # only its model section is read before the refusal
     with pytest.raises(ValueError, match="unconditional"):
         sample_with_rejection(build_generator(ring), load_data(ring.data), conditional, 10, RejectionConfig(steps=1))

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.sampler import SampleError, SampleOptions, sample, verify
+from gan_service.serving.sampler import SampleError, SampleOptions, sample, verify
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = SampleOptions(batch=64, workers=2, progress=False)
@@ -66,7 +66,7 @@ def test_verify_catches_corruption_and_missing_shards(tiny_models, tmp_path):
     (out / "shard-00002.tar").unlink()
     with pytest.raises(SampleError, match=r"shard-00002\.tar: file missing"):
         verify(out)
-    bad = subprocess.run([sys.executable, "-m", "gan.cli", "sample", "--verify", str(out)], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "gan_service.cli", "sample", "--verify", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "shard-00001.tar" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -102,13 +102,13 @@ def test_resume_after_kill_9_at_random_points_is_byte_identical(tiny_models, tmp
     args = [str(tiny_models["cdc"]), "--count", "6000", "--seed", "77", "--shard-size", "100", "--batch", "8",
             "--format", "png-tar", "--workers", "2", "--no-progress"]
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, "-m", "gan.cli", "sample", *args, "--out", str(reference)], check=True,
+    subprocess.run([sys.executable, "-m", "gan_service.cli", "sample", *args, "--out", str(reference)], check=True,
                    capture_output=True, cwd=REPO)
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
     # Kill the sampler (and its encoding workers) once the index lists a random number of shards, plus a random
     # few milliseconds, so the kill lands mid-render, mid-encode or mid-write; then run it again.
     for target in sorted(rng.sample(range(2, 55), 4)):
-        proc = subprocess.Popen([sys.executable, "-m", "gan.cli", "sample", *args, "--out", str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "gan_service.cli", "sample", *args, "--out", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
         while proc.poll() is None and _listed_shards(out) < target:
             time.sleep(0.002)
@@ -118,7 +118,7 @@ def test_resume_after_kill_9_at_random_points_is_byte_identical(tiny_models, tmp
             proc.wait()
             kills += 1
     assert kills >= 2, "the sampler finished before it could be killed; make the run longer"
-    subprocess.run([sys.executable, "-m", "gan.cli", "sample", *args, "--out", str(out)], check=True,
+    subprocess.run([sys.executable, "-m", "gan_service.cli", "sample", *args, "--out", str(out)], check=True,
                    capture_output=True, cwd=REPO)
     assert verify(out)["ok"]
     assert _files(out) == _files(reference)
@@ -140,24 +140,8 @@ def test_ray_engine_writes_identical_shards(tiny_models, tmp_path):
     assert _files(distributed) == _files(local)
 
 
-def test_bench_sample_writes_a_measured_table(tiny_models, tmp_path):
-    from training.benchmarks import bench_sample, write_section
-
-    out = tmp_path / "benchmarks.md"
-    write_section(out, "Other", "kept")
-    body = bench_sample(str(tiny_models["dc"]), count=300, naive_count=20, batch=64, workers=1, out=str(out),
-                        command="gan bench sample tiny")
-    text = out.read_text()
-    assert "## Other\n\nkept" in text and "## Offline sampler (gan bench sample)" in text
-    rates = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in body.splitlines()
-             if line.startswith("| ") and "images/s" not in line and "---" not in line}
-    assert set(rates) == {"sampler -> npy shards", "sampler -> png-tar shards",
-                          "naive: PyTorch forward + PIL save per image"}
-    assert all(float(v.replace(",", "")) > 0 for v in rates.values())
-
-
 def _gan(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gan.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gan_service.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -10,16 +10,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.fmnist import FMNIST_DIR
-from service.latents import latents
-from service.modeldir import load_model_dir
-from training.checkpoint import load_checkpoint
-from training.clusters import cluster_labels, kmeans, label_prior, subclass_labels
-from training.config import make_config
-from training.data import load_data
-from training.export import export_model
-from training.loop import train
-from training.nets import ClusterDrawingGenerator
+from gan_service.core.fmnist import FMNIST_DIR
+from gan_service.serving.latents import latents
+from gan_service.serving.modeldir import load_model_dir
+from gan_service.training.checkpoint import load_checkpoint
+from gan_service.training.clusters import cluster_labels, kmeans, label_prior, subclass_labels
+from gan_service.training.config import make_config
+from gan_service.training.data import load_data
+from gan_service.training.export import export_model
+from gan_service.training.loop import train
+from gan_service.training.nets import ClusterDrawingGenerator
 
 needs_fmnist = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason=f"Fashion-MNIST not installed at {FMNIST_DIR}")
 
@@ -136,20 +136,20 @@ def test_cluster_within_the_given_class_with_its_frequencies():
 
 def test_config_checks_name_clusters():
     with pytest.raises(ValueError, match="--clusters"):
-        make_config("fmnist-cdcgan", {"clusters": 5, "num_classes": 10, "use_labels": False})
+        make_config("fmnist-cdcgan-basic", {"clusters": 5, "num_classes": 10, "use_labels": False})
     with pytest.raises(ValueError, match="--use-labels"):
-        make_config("fmnist-cdcgan", {"use_labels": False})                    # conditional, no labels of any kind
-    make_config("fmnist-cdcgan", {"clusters": 10, "use_labels": False})
+        make_config("fmnist-cdcgan-basic", {"use_labels": False})                    # conditional, no labels of any kind
+    make_config("fmnist-cdcgan-basic", {"clusters": 10, "use_labels": False})
     with pytest.raises(ValueError, match="--clusters"):
-        make_config("fmnist-cdcgan", {"clusters": 3})                         # 10 ids cannot be classes x 3
-    make_config("fmnist-cdcgan", {"clusters": 5})                             # 2 classes x 5 would pass here...
+        make_config("fmnist-cdcgan-basic", {"clusters": 3})                         # 10 ids cannot be classes x 3
+    make_config("fmnist-cdcgan-basic", {"clusters": 5})                             # 2 classes x 5 would pass here...
 
 
 @needs_fmnist
 def test_clusters_within_classes_need_classes_times_k_ids(tmp_path):
     """...but Fashion-MNIST has 10 classes: --clusters 5 --use-labels makes 50 ids, and --num-classes 10 is refused
     by name before any training step."""
-    cfg = make_config("fmnist-cdcgan", {"clusters": 5, "limit": 300, "steps": 1, "g_channels": 8, "d_channels": 8,
+    cfg = make_config("fmnist-cdcgan-basic", {"clusters": 5, "limit": 300, "steps": 1, "g_channels": 8, "d_channels": 8,
                                         "out_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="--num-classes 50"):
         train(cfg, log=lambda m: None)
@@ -161,7 +161,7 @@ def test_self_conditioned_run_exports_an_unconditional_model(tmp_path):
     overrides = {"clusters": 3, "num_classes": 3, "use_labels": False, "limit": 300, "steps": 2, "log_every": 1,
                  "sample_every": 0, "fd_every": 2, "fd_samples": 64, "g_channels": 8, "d_channels": 8,
                  "out_dir": str(tmp_path)}
-    cfg = make_config("fmnist-cdcgan", overrides)
+    cfg = make_config("fmnist-cdcgan-basic", overrides)
     data = load_data(cfg.data)
     counts = np.bincount(data.labels.numpy(), minlength=3)
     assert counts.sum() == 300 and counts.min() > 0
@@ -189,10 +189,10 @@ def test_self_conditioned_run_exports_an_unconditional_model(tmp_path):
 
 
 def test_served_generator_refuses_a_cluster_run_without_its_prior(tmp_path):
-    cfg = make_config("fmnist-cdcgan", {"clusters": 3, "num_classes": 3, "use_labels": False, "g_channels": 8,
+    cfg = make_config("fmnist-cdcgan-basic", {"clusters": 3, "num_classes": 3, "use_labels": False, "g_channels": 8,
                                         "d_channels": 8})
-    from training.checkpoint import Checkpoint, CheckpointError
-    from training.nets import build_generator
+    from gan_service.training.checkpoint import Checkpoint, CheckpointError
+    from gan_service.training.nets import build_generator
 
     state = {"config": cfg.to_dict(), "G": build_generator(cfg).state_dict(), "G_ema": None, "label_prior": None}
     with pytest.raises(CheckpointError, match="label_prior"):
@@ -219,8 +219,8 @@ def test_fp16_graph_picks_the_same_cluster_as_fp32_near_every_boundary():
     fp16 can resolve) get the same cluster, hence the same image, in both graphs."""
     from statistics import NormalDist
 
-    from training.fp16 import convert_fp16
-    from training.onnx_export import export_onnx
+    from gan_service.training.fp16 import convert_fp16
+    from gan_service.training.onnx_export import export_onnx
 
     prior = [0.07, 0.13, 0.2, 0.15, 0.05, 0.1, 0.3]
     wrapped = ClusterDrawingGenerator(_ClusterImages(len(prior)), prior).eval()
@@ -242,10 +242,10 @@ def test_resume_refuses_clusters_that_changed(tmp_path):
     would silently relabel every image, so it stops with a message naming --clusters instead."""
     base = {"clusters": 3, "num_classes": 3, "use_labels": False, "limit": 300, "steps": 1, "log_every": 1,
             "sample_every": 0, "fd_every": 0, "g_channels": 8, "d_channels": 8, "out_dir": str(tmp_path)}
-    run = train(make_config("fmnist-cdcgan", base), log=lambda m: None)
-    train(make_config("fmnist-cdcgan", {**base, "steps": 2}), resume=run, log=lambda m: None)   # same data: fine
+    run = train(make_config("fmnist-cdcgan-basic", base), log=lambda m: None)
+    train(make_config("fmnist-cdcgan-basic", {**base, "steps": 2}), resume=run, log=lambda m: None)   # same data: fine
     with pytest.raises(ValueError, match="--clusters"):
-        train(make_config("fmnist-cdcgan", {**base, "steps": 3, "limit": 200}), resume=run, log=lambda m: None)
+        train(make_config("fmnist-cdcgan-basic", {**base, "steps": 3, "limit": 200}), resume=run, log=lambda m: None)
 
 
 @needs_fmnist
@@ -255,11 +255,11 @@ def test_bench_engine_runs_pytorch_as_the_model_directory_serves(tmp_path):
     import json
     import shutil
 
-    from training.benchmarks import flops_per_image, torch_generator
+    from gan_service.training.benchmarks import flops_per_image, torch_generator
 
     overrides = {"clusters": 3, "num_classes": 3, "use_labels": False, "limit": 300, "steps": 1, "log_every": 1,
                  "sample_every": 0, "fd_every": 0, "g_channels": 8, "d_channels": 8, "out_dir": str(tmp_path)}
-    run = train(make_config("fmnist-cdcgan", overrides), log=lambda m: None)
+    run = train(make_config("fmnist-cdcgan-basic", overrides), log=lambda m: None)
     path = export_model(run, "selfcond", out_dir=tmp_path / "models", fp16=False, log=lambda m: None)
     md = load_model_dir(path)
     z = latents(5, 0, 4, md.latent_dim)
@@ -288,9 +288,9 @@ def test_clusters_within_classes_export_a_class_conditional_model(tmp_path):
     class label, draws the cluster within that class, and matches the PyTorch wrapper."""
     overrides = {"clusters": 2, "num_classes": 20, "limit": 600, "steps": 2, "log_every": 1, "sample_every": 0,
                  "fd_every": 0, "g_channels": 8, "d_channels": 8, "out_dir": str(tmp_path)}
-    cfg = make_config("fmnist-cdcgan", overrides)
+    cfg = make_config("fmnist-cdcgan-basic", overrides)
     data = load_data(cfg.data)
-    from training.data import load_fmnist
+    from gan_service.training.data import load_fmnist
 
     _, classes = load_fmnist(cfg.data.path, "train")
     assert torch.equal(data.labels // 2, torch.from_numpy(classes[:600]))      # each image stays in its class
@@ -313,8 +313,8 @@ def test_export_fp16_arithmetic_check_keeps_the_cluster_choice_in_fp32():
     cluster chosen from the fp32 z, only G in half. Rounding z first moved latents across boundaries (with 100
     clusters the shipped-recipe run failed the check at 98.8% of pixels, max diff 253, though its fp16 graph
     picks every cluster right); with many clusters and images set by the cluster alone, that is every flip."""
-    from training.export_checks import _torch_half_check, check_latents
-    from training.onnx_export import export_onnx
+    from gan_service.training.export_checks import _torch_half_check, check_latents
+    from gan_service.training.onnx_export import export_onnx
 
     prior = [1 / 400] * 400
     stand_in = _ClusterImages(len(prior))

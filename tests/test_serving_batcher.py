@@ -1,4 +1,4 @@
-"""The in-process micro-batcher (service/batcher.py) tested as a library: limits, budget, order, failures."""
+"""The in-process micro-batcher (serving/batcher.py) tested as a library: limits, budget, order, failures."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher, Overloaded
+from gan_service.serving.batcher import MicroBatcher, Overloaded
 
 
 class Engine:

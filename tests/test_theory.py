@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import theory_utils as tu  # noqa: E402
 
-from training.losses import LOSSES, MLE_LOGIT_CLAMP, d_loss, g_loss, r1_penalty, value_function  # noqa: E402
+from gan_service.training.losses import LOSSES, MLE_LOGIT_CLAMP, d_loss, g_loss, r1_penalty, value_function  # noqa: E402
 
 P_DATA = tu.Mixture.normal(0.0, 1.0)
 # Bimodal p_g around a unimodal p_data: D* is non-monotone (high at 0, low at +-1.5, back up in the tails).

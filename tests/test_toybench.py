@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from training.data import toy_modes
-from training.toybench import (RECIPES, high_quality_mask, modes_captured, pct_high_quality, recipe_for,
+from gan_service.training.data import toy_modes
+from gan_service.training.toybench import (RECIPES, high_quality_mask, modes_captured, pct_high_quality, recipe_for,
                                rejection_config, reverse_kl, run_toy_bench)
 
 
@@ -65,7 +65,7 @@ def test_hq_boundary_and_half_split():
 def test_recipes_contract():
     for name in ("minimax", "nonsaturating", "mle", "best"):
         assert name in RECIPES
-    from training.config import make_config
+    from gan_service.training.config import make_config
     for name in RECIPES:
         for ds in ("ring", "grid"):
             make_config(f"toy-{ds}", recipe_for(name, ds))    # valid overrides on both mixtures
@@ -76,7 +76,7 @@ def test_recipe_for_merges_per_dataset_overrides():
     assert recipe_for(recipe, "ring") == {"loss": "hinge", "r1_gamma": 0.01}
     assert recipe_for(recipe, "grid") == {"loss": "hinge", "r1_gamma": 0.5}
     assert "per_dataset" in recipe                              # the recipe itself is left as it was
-    from training.config import make_config
+    from gan_service.training.config import make_config
     assert make_config("toy-ring", recipe_for("best", "ring")).loss.r1_gamma != \
         make_config("toy-grid", recipe_for("best", "grid")).loss.r1_gamma
 

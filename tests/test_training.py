@@ -16,16 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from core.errors import DataError
-from core.fmnist import FMNIST_DIR, read_idx
-from core.frechet import frechet_distance_features
-from core.image_folder import load_image_folder as load_folder
-from training import checkpoint as ckpt_io
-from training.config import DataConfig, make_config
-from training.data import load_data, load_npz, toy_modes
-import training.loop
-from training.loop import TrainingDiverged, autocast_for, cpu_has_bf16, cpuinfo_bf16_flags, new_run_dir, train
-from training.sampling import generate, sample_latents
+from gan_service.core.errors import DataError
+from gan_service.core.fmnist import FMNIST_DIR, read_idx
+from gan_service.core.frechet import frechet_distance_features
+from gan_service.core.image_folder import load_image_folder as load_folder
+from gan_service.training import checkpoint as ckpt_io
+from gan_service.training.config import DataConfig, make_config
+from gan_service.training.data import load_data, load_npz, toy_modes
+import gan_service.training.loop
+from gan_service.training.loop import TrainingDiverged, autocast_for, cpu_has_bf16, cpuinfo_bf16_flags, new_run_dir, train
+from gan_service.training.sampling import generate, sample_latents
 
 HAVE_FMNIST = Path(FMNIST_DIR, "train-images-idx3-ubyte.gz").exists()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
@@ -139,7 +139,9 @@ def test_toy_mixtures_match_design():
 # ---------------------------------------------------------------- config and CLI
 
 def test_presets_resolve_and_validate():
-    for preset in ("toy-ring", "toy-grid", "paper-mlp", "fmnist-dcgan", "fmnist-cdcgan"):
+    from gan_service.training.config import PRESETS
+    assert {"fmnist-cdcgan", "fmnist-dcgan"} <= set(PRESETS)          # each shipped model has its own preset
+    for preset in PRESETS:
         cfg = make_config(preset)
         assert cfg.preset == preset
     with pytest.raises(ValueError, match="--steps: must be >= 1"):
@@ -147,7 +149,7 @@ def test_presets_resolve_and_validate():
     with pytest.raises(ValueError, match="--loss: 'bogus' is not one of"):
         make_config("toy-ring", {"loss": "bogus"})
     with pytest.raises(ValueError, match="--use-labels"):
-        make_config("fmnist-dcgan", {"num_classes": 10})
+        make_config("fmnist-dcgan-basic", {"num_classes": 10})
     with pytest.raises(ValueError, match="unknown preset"):
         make_config("nope")
     with pytest.raises(ValueError, match="--g-cond: cbn .* needs --arch dcgan"):
@@ -157,8 +159,8 @@ def test_presets_resolve_and_validate():
 @pytest.mark.parametrize("g_cond", ["cbn", "concat"])
 def test_conditional_generator_uses_label_and_z(g_cond):
     """Both conditioning modes: the label and z each change the image; cbn starts as plain BatchNorm."""
-    from training.nets import build_generator
-    cfg = make_config("fmnist-cdcgan", {"g_cond": g_cond, "g_channels": 8})
+    from gan_service.training.nets import build_generator
+    cfg = make_config("fmnist-cdcgan-basic", {"g_cond": g_cond, "g_channels": 8})
     G = build_generator(cfg).eval()
     assert (G.embed is None) == (g_cond == "cbn")
     z = torch.randn(4, cfg.model.latent_dim)
@@ -180,7 +182,7 @@ def test_conditional_generator_uses_label_and_z(g_cond):
 def test_minibatch_std_sees_variety_within_consecutive_groups_only():
     """The appended map is ~0 for a group of identical samples, > 0 for a varied one, constant over the map, and one
     group's value never depends on another group's samples (D sees [reals; fakes] in one batch)."""
-    from training.nets import MinibatchStd
+    from gan_service.training.nets import MinibatchStd
     layer = MinibatchStd(4)
     same = torch.randn(1, 3, 5, 5).expand(4, 3, 5, 5)                                # one group, no variety
     varied = torch.randn(4, 3, 5, 5)
@@ -196,8 +198,8 @@ def test_minibatch_std_sees_variety_within_consecutive_groups_only():
 
 
 def test_discriminator_with_minibatch_std_scores_reals_without_looking_at_fakes():
-    from training.nets import build_discriminator
-    cfg = make_config("fmnist-dcgan", {"d_channels": 8, "d_mbstd": 4, "batch_size": 16})
+    from gan_service.training.nets import build_discriminator
+    cfg = make_config("fmnist-dcgan-basic", {"d_channels": 8, "d_mbstd": 4, "batch_size": 16})
     D = build_discriminator(cfg)
     real = torch.randn(16, 1, 28, 28)
     a = D(torch.cat([real, torch.randn(16, 1, 28, 28)]))                           # [32]
@@ -205,7 +207,7 @@ def test_discriminator_with_minibatch_std_scores_reals_without_looking_at_fakes(
     assert a.shape == (32,) and torch.equal(a[:16], b[:16]) and not torch.equal(a[16:], b[16:])
     for bad in ({"d_mbstd": 1}, {"d_mbstd": 3}, {"d_mbstd": 4, "pack": 8, "batch_size": 16}):
         with pytest.raises(ValueError, match="--d-mbstd: must be 0 or >= 2"):
-            make_config("fmnist-dcgan", bad)
+            make_config("fmnist-dcgan-basic", bad)
     with pytest.raises(ValueError, match="--d-mbstd"):
         make_config("paper-mlp", {"d_mbstd": 4})
 
@@ -221,8 +223,8 @@ def _discriminate_by_concatenation(D, x, labels):
 def test_concat_discriminator_equals_label_maps_as_input_channels(classes, norm):
     """D with --d-cond concat computes what one-hot label maps concatenated to its input would give (logits, the
     gradient G trains on and the first layer's gradients), without convolving K constant channels per sample."""
-    from training.nets import build_discriminator
-    cfg = make_config("fmnist-cdcgan", {"num_classes": classes, "d_channels": 8, "d_norm": norm})
+    from gan_service.training.nets import build_discriminator
+    cfg = make_config("fmnist-cdcgan-basic", {"num_classes": classes, "d_channels": 8, "d_norm": norm})
     D = build_discriminator(cfg).eval()          # eval: spectral norm's power iteration stands still between calls
     torch.manual_seed(1)
     x = torch.randn(12, 1, 28, 28, requires_grad=True)
@@ -241,7 +243,7 @@ def test_concat_discriminator_equals_label_maps_as_input_channels(classes, norm)
 
 @needs_fmnist
 def test_training_with_minibatch_std_and_packing_runs(tmp_path):
-    run = train(_tiny("fmnist-dcgan", tmp_path, steps=3, d_mbstd=2, pack=2, ckpt_every=100))
+    run = train(_tiny("fmnist-dcgan-basic", tmp_path, steps=3, d_mbstd=2, pack=2, ckpt_every=100))
     state = ckpt_io.load_checkpoint(run)
     assert state.step == 3 and state.config.model.d_mbstd == 2
 
@@ -252,7 +254,7 @@ def test_training_with_minibatch_std_and_packing_runs(tmp_path):
                                                             (True, True, False, torch.float32)])
 def test_cpu_autocast_only_when_asked_and_native(cpu_amp, amp, cpu_bf16, dtype):
     # on a CPU without bfloat16 instructions --cpu-amp falls back to float32 (emulated bf16 is over 10x slower)
-    cfg = make_config("fmnist-dcgan", {"cpu_amp": cpu_amp, "amp": amp})
+    cfg = make_config("fmnist-dcgan-basic", {"cpu_amp": cpu_amp, "amp": amp})
     conv = torch.nn.Conv2d(1, 4, 3)
     with autocast_for(cfg, torch.device("cpu"), cpu_bf16=cpu_bf16)():
         out = conv(torch.randn(2, 1, 8, 8))                                # [2, 4, 6, 6]
@@ -281,25 +283,25 @@ def test_cpu_has_bf16_falls_back_to_proc_cpuinfo_without_torchs_query(monkeypatc
     for flags, expected in (("avx2 fma", False), ("avx2 avx512_bf16", True)):
         fake = tmp_path / f"cpuinfo-{expected}"
         fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(training.loop, "Path", lambda p, fake=fake: fake if p == "/proc/cpuinfo" else real_path(p))
+        monkeypatch.setattr(gan_service.training.loop, "Path", lambda p, fake=fake: fake if p == "/proc/cpuinfo" else real_path(p))
         assert cpu_has_bf16() is expected
 
 
 @needs_fmnist
 def test_cpu_amp_without_bf16_instructions_warns_and_trains_in_float32(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.loop, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(gan_service.training.loop, "cpu_has_bf16", lambda: False)
     lines = []
-    run = train(_tiny("fmnist-dcgan", tmp_path, steps=2, cpu_amp=True, ckpt_every=100), log=lines.append)
+    run = train(_tiny("fmnist-dcgan-basic", tmp_path, steps=2, cpu_amp=True, ckpt_every=100), log=lines.append)
     warning = [line for line in lines if "--cpu-amp" in line]
     assert len(warning) == 1 and "float32" in warning[0] and "bfloat16" in warning[0]
-    assert autocast_for(make_config("fmnist-dcgan", {"cpu_amp": True}), torch.device("cpu")) is nullcontext
+    assert autocast_for(make_config("fmnist-dcgan-basic", {"cpu_amp": True}), torch.device("cpu")) is nullcontext
     assert ckpt_io.load_checkpoint(run).step == 2
 
 
 @needs_fmnist
 def test_training_with_cpu_autocast_keeps_float32_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.loop, "cpu_has_bf16", lambda: True)       # the autocast path on any CPU
-    run = train(_tiny("fmnist-cdcgan", tmp_path, steps=3, cpu_amp=True, ckpt_every=100))
+    monkeypatch.setattr(gan_service.training.loop, "cpu_has_bf16", lambda: True)       # the autocast path on any CPU
+    run = train(_tiny("fmnist-cdcgan-basic", tmp_path, steps=3, cpu_amp=True, ckpt_every=100))
     state = ckpt_io.load_checkpoint(run)
     G = state.generator()
     assert state.step == 3 and state.config.run.cpu_amp
@@ -309,20 +311,20 @@ def test_training_with_cpu_autocast_keeps_float32_weights(tmp_path, monkeypatch)
 
 
 def test_cli_dry_run_and_bad_flag():
-    out = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--preset", "fmnist-cdcgan", "--steps", "7",
+    out = subprocess.run([sys.executable, "-m", "gan_service.cli", "train", "--preset", "fmnist-cdcgan-basic", "--steps", "7",
                           "--dry-run"], capture_output=True, text=True, check=True).stdout
     cfg = json.loads(out)
-    assert cfg["run"]["steps"] == 7 and cfg["model"]["num_classes"] == 10 and cfg["preset"] == "fmnist-cdcgan"
-    bad = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--batch-size", "0"], capture_output=True, text=True)
+    assert cfg["run"]["steps"] == 7 and cfg["model"]["num_classes"] == 10 and cfg["preset"] == "fmnist-cdcgan-basic"
+    bad = subprocess.run([sys.executable, "-m", "gan_service.cli", "train", "--batch-size", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--batch-size: must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
-    help_text = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "gan_service.cli", "train", "--help"], capture_output=True,
                                text=True, check=True).stdout
     for flag in ("--loss", "--d-steps", "--r1-gamma", "--ema-decay", "--resume", "--pack", "(default: 1)"):
         assert flag in help_text
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:
-    from gan.cli import main
+    from gan_service.cli import main
     try:
         rc = main(list(argv))
     except SystemExit as exc:
@@ -336,9 +338,9 @@ def test_cli_help_shows_each_presets_own_default(capsys, monkeypatch):
     _, out, _ = _cli(capsys, "train", "--help")
     flat = " ".join(out.split())
     assert "--steps STEPS generator steps to train in total (default by preset: toy-ring, toy-grid 3000; " \
-           "paper-mlp, fmnist-dcgan, fmnist-cdcgan 2000)" in flat
+           "paper-mlp, fmnist-dcgan-basic, fmnist-cdcgan-basic 2000; fmnist-cdcgan 36000; fmnist-dcgan 48000)" in flat
     assert "--arch {mlp,dcgan} network family" in flat and "default by preset: toy-ring, toy-grid, paper-mlp mlp;" \
-           " fmnist-dcgan, fmnist-cdcgan dcgan" in flat
+           " fmnist-dcgan-basic, fmnist-cdcgan-basic, fmnist-cdcgan, fmnist-dcgan dcgan" in flat
     assert "(default: 200)" not in flat                                   # the dataclass default no preset uses
 
 
@@ -354,7 +356,7 @@ def test_cli_no_abbreviations_and_closest_flag_from_the_subcommand(capsys, argv,
 
 
 def test_cli_dry_run_leaves_out_what_the_architecture_ignores(capsys):
-    _, out, _ = _cli(capsys, "train", "--preset", "fmnist-dcgan", "--dry-run")
+    _, out, _ = _cli(capsys, "train", "--preset", "fmnist-dcgan-basic", "--dry-run")
     dc = json.loads(out)
     assert "g_channels" in dc["model"] and not {"g_hidden", "d_maxout", "d_fourier", "g_cond"} & set(dc["model"])
     _, out, _ = _cli(capsys, "train", "--preset", "paper-mlp", "--dry-run")
@@ -368,14 +370,14 @@ def test_cli_dry_run_leaves_out_what_the_architecture_ignores(capsys):
 def test_train_command_reproduces_the_config(capsys):
     """The command the export writes into a manifest resolves, through the real CLI, to the same config."""
     import shlex
-    from gan.cli import main
-    from training.config import train_command
-    cfg = make_config("fmnist-cdcgan", {"g_channels": 32, "d_hidden": [64, 32], "ema": False, "lr_d": 1e-3,
+    from gan_service.cli import main
+    from gan_service.training.config import train_command
+    cfg = make_config("fmnist-cdcgan-basic", {"g_channels": 32, "d_hidden": [64, 32], "ema": False, "lr_d": 1e-3,
                                         "name": "a b", "lr_decay_start": 0.5})
     cmd = train_command(cfg)
-    assert cmd.startswith("gan train --preset fmnist-cdcgan ") and "--no-ema" in cmd and "'a b'" in cmd
+    assert cmd.startswith("gan train --preset fmnist-cdcgan-basic ") and "--no-ema" in cmd and "'a b'" in cmd
     assert "--loss" not in cmd                                    # equal to the preset: left out
-    from training.config import effective_dict
+    from gan_service.training.config import effective_dict
     assert main(shlex.split(cmd)[1:] + ["--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out) == effective_dict(cfg)
 
@@ -391,8 +393,8 @@ def test_run_dirs_are_numbered_never_reused(tmp_path):
 
 def _tiny(preset: str, tmp_path: Path, **overrides):
     small = {"toy-ring": {}, "paper-mlp": {"g_hidden": [64], "d_hidden": [32], "d_maxout": 2, "limit": 512},
-             "fmnist-dcgan": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16},
-             "fmnist-cdcgan": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16}}[preset]
+             "fmnist-dcgan-basic": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16},
+             "fmnist-cdcgan-basic": {"g_channels": 8, "d_channels": 8, "limit": 512, "batch_size": 16}}[preset]
     return make_config(preset, {**small, "out_dir": str(tmp_path), "log_every": 1, "sample_every": 0, "fd_every": 0,
                                 **overrides})
 
@@ -405,7 +407,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
-@pytest.mark.parametrize("preset", ["toy-ring", "paper-mlp", "fmnist-cdcgan"])
+@pytest.mark.parametrize("preset", ["toy-ring", "paper-mlp", "fmnist-cdcgan-basic"])
 def test_resume_equals_uninterrupted(tmp_path, preset):
     if preset != "toy-ring" and not HAVE_FMNIST:
         pytest.skip("needs Fashion-MNIST")
@@ -481,7 +483,7 @@ def test_checkpoint_is_self_describing_and_safe(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import training.loop as loop
+    import gan_service.training.loop as loop
 
     real_g_loss, calls = loop.g_loss, {"n": 0}
 
@@ -500,7 +502,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_checkpoint_then_resume(tmp_path):
-    cmd = [sys.executable, "-m", "gan.cli", "train", "--preset", "toy-ring", "--steps", "1000000",
+    cmd = [sys.executable, "-m", "gan_service.cli", "train", "--preset", "toy-ring", "--steps", "1000000",
            "--log-every", "10", "--out-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -512,7 +514,7 @@ def test_sigterm_saves_checkpoint_then_resume(tmp_path):
     run = next(tmp_path.iterdir())
     step = ckpt_io.load_checkpoint(run).step
     assert step >= 10 and "gan train --resume" in err
-    more = subprocess.run([sys.executable, "-m", "gan.cli", "train", "--resume", str(run), "--steps", str(step + 5)],
+    more = subprocess.run([sys.executable, "-m", "gan_service.cli", "train", "--resume", str(run), "--steps", str(step + 5)],
                           capture_output=True, text=True, timeout=120)
     assert more.returncode == 0, more.stderr
     assert ckpt_io.load_checkpoint(run).step == step + 5
@@ -526,7 +528,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     # No Python-level collective may run in a rank (training's gradient all-reduces are DDP's own, in C++): the last
     # one, the end-of-run weight check, left its work for a gloo worker thread to free, and a rank whose interpreter
     # was already exiting then aborted (SIGABRT, "terminate called without an active exception", 1 run in 20).
-    rank_script = ("import os, sys, torch.distributed as d; from gan.cli import main\n"
+    rank_script = ("import os, sys, torch.distributed as d; from gan_service.cli import main\n"
                    "def refuse(*a, **k): raise AssertionError('a collective through the process group')\n"
                    "d.all_gather = d.all_reduce = d.barrier = d.broadcast = refuse\n"
                    "d.broadcast_object_list = d.all_gather_object = refuse\n"
@@ -553,13 +555,13 @@ def test_ddp_two_processes_gloo(tmp_path):
 @pytest.mark.timeout(1800)   # ~1 min on an idle 2-core machine; much longer when the machine is shared
 def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
     """A few hundred CPU steps must move G's samples measurably towards the data (pixel Frechet distance)."""
-    cfg = make_config("fmnist-dcgan", {"g_channels": 16, "d_channels": 16, "steps": 300, "log_every": 100,
+    cfg = make_config("fmnist-dcgan-basic", {"g_channels": 16, "d_channels": 16, "steps": 300, "log_every": 100,
                                         "sample_every": 0, "out_dir": str(tmp_path), "limit": 10000})
     run = train(cfg)
     n = 2000
     real = load_data(cfg.data).images[torch.randperm(10000, generator=torch.Generator().manual_seed(1))[:n]]
     z, labels = sample_latents(cfg, n, torch.Generator().manual_seed(2), "cpu")
-    from training.nets import build_generator
+    from gan_service.training.nets import build_generator
     torch.manual_seed(cfg.run.seed)
     untrained = build_generator(cfg)
     trained = ckpt_io.load_checkpoint(run).generator()
@@ -575,7 +577,7 @@ def test_short_fmnist_run_gets_closer_to_real_images(tmp_path):
 def test_best_checkpoint_is_ranked_in_the_evaluation_classifier_features(tmp_path):
     """--fd-every records pixel and classifier FD; best.pt is the step with the lowest classifier FD."""
     lines = []
-    run = train(_tiny("fmnist-dcgan", tmp_path, steps=6, fd_every=2, fd_samples=256, ckpt_every=100), log=lines.append)
+    run = train(_tiny("fmnist-dcgan-basic", tmp_path, steps=6, fd_every=2, fd_samples=256, ckpt_every=100), log=lines.append)
     rows = [r for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines()) if "classifier_fd" in r]
     assert [r["step"] for r in rows] == [2, 4, 6] and all(r["pixel_fd"] > 0 for r in rows)
     best_row = min(rows, key=lambda r: r["classifier_fd"])
@@ -592,14 +594,14 @@ def test_best_checkpoint_falls_back_to_pixel_fd_with_a_reason(tmp_path):
     assert [r["step"] for r in rows if "pixel_fd" in r] == [2, 4] and not any("classifier_fd" in r for r in rows)
     assert ckpt_io.load_checkpoint(run / "checkpoints" / "best.pt").state["best_by"] == "pixel_fd"
     assert any("chosen by pixel FD" in line and "28x28 grey" in line for line in lines), lines
-    from training.best_fd import load_fd_classifier
-    cfg = _tiny("fmnist-dcgan", tmp_path, fd_classifier=str(tmp_path / "no-classifier"))
+    from gan_service.training.best_fd import load_fd_classifier
+    cfg = _tiny("fmnist-dcgan-basic", tmp_path, fd_classifier=str(tmp_path / "no-classifier"))
     classifier, why = load_fd_classifier(cfg)
     assert classifier is None and "no-classifier" in why and "manifest.json missing" in why
 
 
 def test_linear_lr_decay_is_a_function_of_the_step(tmp_path):
-    from training.loop import build_state, set_learning_rates, Dist
+    from gan_service.training.loop import build_state, set_learning_rates, Dist
 
     cfg = _tiny("toy-ring", tmp_path, steps=100, lr_decay_start=0.6, lr_g=1e-3, lr_d=4e-3)
     st = build_state(cfg, torch.device("cpu"), Dist())
@@ -613,16 +615,16 @@ def test_linear_lr_decay_is_a_function_of_the_step(tmp_path):
 
 
 def test_bench_train_times_both_arithmetics_side_by_side(tmp_path, monkeypatch):
-    import training.benchmarks
-    from training.benchmarks import bench_train
+    import gan_service.training.benchmarks
+    from gan_service.training.benchmarks import bench_train
 
     out = tmp_path / "benchmarks.md"
     tiny = {"g_channels": 8, "d_channels": 8, "batch_size": 8}
     bodies = {}
     # one section per kind of CPU: a run on a CPU without bfloat16 instructions keeps the other kind's numbers
     for flags in ("avx512_bf16", "no avx512_bf16 / amx_bf16"):
-        monkeypatch.setattr(training.benchmarks, "_cpu_flags", lambda flags=flags: flags)
-        bodies[flags] = bench_train("fmnist-dcgan", tiny, steps=2, rounds=2, out=str(out),
+        monkeypatch.setattr(gan_service.training.benchmarks, "_cpu_flags", lambda flags=flags: flags)
+        bodies[flags] = bench_train("fmnist-dcgan-basic", tiny, steps=2, rounds=2, out=str(out),
                                     command="gan bench train tiny")
     text = out.read_text()
     for flags, body in bodies.items():
@@ -635,6 +637,6 @@ def test_bench_train_times_both_arithmetics_side_by_side(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, said", [(["--steps", "0"], "--steps"), (["--preset", "toy-ring"], "--preset")])
 def test_bench_train_rejects_bad_flags_in_one_line(argv, said):
-    res = subprocess.run([sys.executable, "-m", "gan.cli", "bench", "train", *argv, "--out", os.devnull],
+    res = subprocess.run([sys.executable, "-m", "gan_service.cli", "bench", "train", *argv, "--out", os.devnull],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr

@@ -29,7 +29,8 @@ def browser():
 def test_page_builds_no_html_from_strings():
     from pathlib import Path
 
-    page = (Path(__file__).parents[1] / "service" / "web" / "index.html").read_text()
+    import gan_service
+    page = (Path(gan_service.__file__).parent / "serving" / "web" / "index.html").read_text()
     assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "outerHTML" not in page
 
 

@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy_lab import make_generator, make_latents  # noqa: E402
-from training.config import make_config  # noqa: E402
-from training.data import load_data, toy_modes  # noqa: E402
-from training.rejection import RejectionConfig, fit_optimal_discriminator, rejection_sample  # noqa: E402
-from training.toybench import EVAL_SAMPLES, nearest_mode, score_modes  # noqa: E402
+from gan_service.training.config import make_config  # noqa: E402
+from gan_service.training.data import load_data, toy_modes  # noqa: E402
+from gan_service.training.rejection import RejectionConfig, fit_optimal_discriminator, rejection_sample  # noqa: E402
+from gan_service.training.toybench import EVAL_SAMPLES, nearest_mode, score_modes  # noqa: E402
 
 
 def parse(overrides: list[str]) -> RejectionConfig:

@@ -16,8 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluation.report import fd_terms_table, metric_rows, view_rows  # noqa: E402  (after the path set-up above)
-from service.modeldir import read_manifest, write_manifest  # noqa: E402
+from gan_service.evaluation.report import fd_terms_table, metric_rows, view_rows  # noqa: E402  (after the path set-up above)
+from gan_service.serving.modeldir import read_manifest, write_manifest  # noqa: E402
 
 
 def _training(manifest: dict) -> list[str]:

@@ -23,9 +23,9 @@ def images_of(checkpoint: Path, n: int):
     """uint8 [n, 28, 28, 1] from the checkpoint's EMA generator on a fixed latent batch."""
     import torch
 
-    from core.imaging import to_uint8
-    from training.checkpoint import load_checkpoint
-    from training.sampling import generate
+    from gan_service.core.imaging import to_uint8
+    from gan_service.training.checkpoint import load_checkpoint
+    from gan_service.training.sampling import generate
 
     ck = load_checkpoint(checkpoint)
     served = ck.served_generator(ema=ck.has_ema)        # as exported: a self-conditioned G draws its own cluster
@@ -40,9 +40,9 @@ def main() -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--n", type=int, default=5000)
     args = parser.parse_args()
-    from core.frechet import frechet_distance_features
-    from evaluation.evaluate import ROBUST_CLASSIFIER, real_data
-    from evaluation.features import Classifier
+    from gan_service.core.frechet import frechet_distance_features
+    from gan_service.evaluation.evaluate import ROBUST_CLASSIFIER, real_data
+    from gan_service.evaluation.features import Classifier
 
     real = real_data(Classifier("models/eval"), extra_classifiers=(Classifier(ROBUST_CLASSIFIER),))
     floor_images = real.train_images[real.floor_order[:args.n]]

@@ -34,9 +34,9 @@ VIEWS = ("classifier", "robust", "pixels_pca")
 
 def train_and_export(row: str, work: Path) -> tuple[Path, dict]:
     """The row's exported model directory (trained and exported once, reused afterwards) and how it was made."""
-    from training.config import make_config, train_command
-    from training.export import export_model
-    from training.loop import train
+    from gan_service.training.config import make_config, train_command
+    from gan_service.training.export import export_model
+    from gan_service.training.loop import train
 
     preset, overrides = BUDGET_ROWS[row]
     model_dir = work / "models" / row
@@ -55,7 +55,7 @@ def train_and_export(row: str, work: Path) -> tuple[Path, dict]:
 
 
 def measure_row(model_dir: Path, row: str, work: Path, n: int) -> dict:
-    from evaluation.evaluate import evaluate
+    from gan_service.evaluation.evaluate import evaluate
 
     result = evaluate(model_dir, n=n, out=work / "eval" / row)
     (REPO / "docs" / "quality").mkdir(parents=True, exist_ok=True)

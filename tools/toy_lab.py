@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere without installing
-from training.data import toy_modes  # noqa: E402
-from training.loop import lr_decay_factor, update_ema  # noqa: E402
-from training.losses import LOSSES, d_loss, g_loss, r1_penalty  # noqa: E402
-from training.toybench import nearest_mode, recipe_for, score_modes  # noqa: E402
+from gan_service.training.data import toy_modes  # noqa: E402
+from gan_service.training.loop import lr_decay_factor, update_ema  # noqa: E402
+from gan_service.training.losses import LOSSES, d_loss, g_loss, r1_penalty  # noqa: E402
+from gan_service.training.toybench import nearest_mode, recipe_for, score_modes  # noqa: E402
 
 DEFAULTS = dict(
     ds="grid", steps=16000, every=2000, seed=0,
@@ -139,7 +139,7 @@ def main(a: dict) -> None:
             r["rms"] = float(np.sqrt((near ** 2).mean() / 2)) / std if len(near) else float("nan")
             r["far"] = 100.0 * float((dist > 10 * std).mean())
             if a["png"]:
-                from core.imaging import scatter_png
+                from gan_service.core.imaging import scatter_png
                 scatter_png(x, modes, a["png"], title=str(step))
             print(f"{step:6d} {r['modes']:2d} {r['hq']:5.1f} {r['kl']:.3f}  "
                   f"rms/std {r['rms']:.2f} off {r['far']:4.1f}%  {time.time() - t0:.0f}s", flush=True)

@@ -1,0 +1,229 @@
+"""The BentoML service ``GAN``: the public HTTP API, the onnxruntime engines and the micro-batcher in one worker.
+
+    bentoml serve gan_service.serving.app:GAN        (or: gan serve)
+
+A request is validated, turned into rows (model, seed, index, label, truncation), queued on the
+in-process micro-batcher (serving/batcher.py), which merges rows of many requests into one engine
+call, and the images are encoded in the same worker. Settings: serving/settings.py (GAN_* env
+vars or --arg). Why one service and not a front + a batchable runtime: docs/design.md, "Serving".
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")     # no usage tracking unless a user turns it back on
+
+import bentoml  # noqa: E402
+import numpy as np
+from annotated_types import Ge, Gt, Le, MaxLen, MinLen
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import StrictBool, StrictInt, StrictStr
+from starlette.responses import Response
+
+from gan_service.serving.batcher import MicroBatcher, Overloaded
+from gan_service.serving.contract import honest_openapi
+from gan_service.serving.codecs import encode_batch, encode_gif, encode_strip
+from gan_service.serving.guard import RequestGuard
+from gan_service.serving.latents import MAX_INDEX, MAX_SEED, random_labels
+from gan_service.serving.modeldir import LabelError
+from gan_service.serving.runtime import RANDOM_LABEL, ModelRuntime, make_rows
+from gan_service.serving.settings import load_settings
+
+log = logging.getLogger("bentoml.gan")     # under "bentoml": BentoML's log configuration shows its INFO lines
+SETTINGS = load_settings(vars(bentoml.use_arguments()))
+WEB_PAGE = Path(__file__).with_name("web") / "index.html"
+INLINE_ENCODE_PIXELS = 65536     # smaller answers are encoded on the event loop (a thread hop costs more)
+
+IMAGES_GENERATED = bentoml.metrics.Counter(
+    name="gan_images_generated", documentation="images returned by /generate and /interpolate",
+    labelnames=["model"])
+RUNTIME_BATCH_ROWS = bentoml.metrics.Histogram(
+    name="gan_runtime_batch_rows", documentation="rows per merged engine call (micro-batching)",
+    buckets=SETTINGS.bucket_sizes())
+
+Label = Union[StrictInt, StrictStr]
+Seed = Annotated[StrictInt, Ge(0), Le(MAX_SEED)]
+
+
+class RequestError(Exception):
+    """A request field that is valid JSON but not acceptable here; answered 4xx naming the field."""
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+def _error(field: str, message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status)
+
+
+# No FastAPI /docs or /redoc: they load Swagger UI / ReDoc from a CDN (the API contract is /docs.json).
+web = FastAPI(title="GAN web page and info", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@bentoml.service(name="gan", workers=SETTINGS.workers,
+                 traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency})
+@bentoml.asgi_app(web, path="/")
+class GAN:
+    def __init__(self) -> None:
+        self.runtime = ModelRuntime(SETTINGS)
+        self._described: list[dict] | None = None
+        for model, engine in zip(self.runtime.models, self.runtime.engines):
+            log.info("model %s runs on %s (%s)", model.name, engine.provider, engine.model_file)
+        self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
+                                    merge=SETTINGS.batching)
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    def _render_rows(self, rows: np.ndarray) -> np.ndarray:
+        """One merged engine call (runs in the batcher's engine thread)."""
+        RUNTIME_BATCH_ROWS.observe(len(rows))
+        return self.runtime.render(rows)
+
+    def _models(self) -> list[dict]:
+        """Model descriptions, or a 503 naming every model that failed to load."""
+        if not self.runtime.ready:
+            failed = "; ".join(f"{ref}: {err}" for ref, err in self.runtime.errors.items())
+            raise RequestError("model", f"models are not ready: {failed or 'no model loaded'}", 503)
+        if self._described is None:                     # the models do not change after start-up
+            self._described = self.runtime.describe()["models"]
+        return self._described
+
+    def _pick(self, name: str | None) -> tuple[int, dict]:
+        models = self._models()
+        if name is None:
+            return 0, models[0]
+        for i, m in enumerate(models):
+            if name in (m["name"], m["tag"]):
+                return i, m
+        raise RequestError("model", f"unknown model {name!r}; available: {', '.join(m['name'] for m in models)}", 404)
+
+    def _labels(self, model_id: int, model: dict, labels, n: int) -> list[int]:
+        """Class ids for n images: RANDOM_LABEL each when none were given; one label applies to all."""
+        if labels is None:
+            return [RANDOM_LABEL] * n
+        if not model["num_classes"]:
+            raise RequestError("labels", f"model {model['name']!r} is unconditional: it takes no labels")
+        given = labels if isinstance(labels, list) else [labels]
+        if len(given) not in (1, n):
+            raise RequestError("labels", f"give one label or n = {n} labels, not {len(given)}")
+        ids = [self._label_id(model_id, "labels", label) for label in given]
+        return ids * n if len(ids) == 1 else ids
+
+    def _label_id(self, model_id: int, field: str, label) -> int:
+        """A class id, decimal string or class name -> class id (serving.modeldir's one resolver), or a 400."""
+        try:
+            return self.runtime.models[model_id].label_index(label)
+        except LabelError as exc:
+            raise RequestError(field, str(exc)) from None
+
+    async def _render(self, model_id: int, model: dict, seed: int, n: int, labels: list[int], psi: float):
+        rows = make_rows(model_id, seed, np.arange(n), labels, psi)
+        try:
+            flat = await self.batcher.submit(rows)
+        except Overloaded as exc:
+            raise RequestError("n", str(exc), 503) from None
+        h, w, c = model["image_shape"]
+        return flat[:, : h * w * c].reshape(n, h, w, c)
+
+    @bentoml.api(route="/generate")
+    async def generate(self, n: Annotated[StrictInt, Ge(1), Le(SETTINGS.max_n)] = 1, model: StrictStr | None = None,
+                       seed: Seed | None = None, labels: Union[Label, list[Label], None] = None,
+                       truncation: Annotated[float, Gt(0), Le(1)] = 1.0,
+                       format: Literal["png", "jpeg", "webp", "npy", "zip"] = "png",
+                       grid: StrictBool = False) -> bytes:
+        """Generate n images. Image (seed, i) is the same bytes however requests are batched."""
+        try:
+            if format in ("png", "jpeg", "webp") and n > 1 and not grid:
+                raise RequestError("grid", f"format {format} returns one image: set grid=true, or use zip/npy")
+            model_id, info = self._pick(model)
+            ids = self._labels(model_id, info, labels, n)
+            seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+            images = await self._render(model_id, info, seed, n, ids, truncation)
+        except RequestError as exc:
+            return _error(exc.field, str(exc), exc.status)
+        names = [f"{info['name']}-{seed}-{i}.png" for i in range(n)]
+        body, media = await _offload(images.size, encode_batch, images, format, grid, names)
+        IMAGES_GENERATED.labels(model=info["name"]).inc(n)
+        headers = {"X-Seed": str(seed), "X-Model": info["name"], "Cache-Control": "no-store"}
+        if info["num_classes"]:
+            resolved = self._resolved_labels(seed, n, ids, info)
+            headers["X-Labels"] = ",".join(str(x) for x in resolved)
+        return Response(body, media_type=media, headers=headers)
+
+    @staticmethod
+    def _resolved_labels(seed: int, n: int, ids: list[int], info: dict) -> list[int]:
+        """The class each image got, random ones included (same derivation as the runtime)."""
+        derived = random_labels(seed, 0, n, info["latent_dim"], info["num_classes"])
+        return [int(d) if i == RANDOM_LABEL else i for i, d in zip(ids, derived)]
+
+    @bentoml.api(route="/interpolate")
+    async def interpolate(self, seeds: Annotated[list[Seed], MinLen(2), MaxLen(2)],
+                          indices: Annotated[list[Annotated[StrictInt, Ge(0), Le(MAX_INDEX)]], MinLen(2), MaxLen(2)]
+                          = [0, 0],
+                          model: StrictStr | None = None, label: Label | None = None,
+                          steps: Annotated[StrictInt, Ge(2), Le(SETTINGS.max_steps)] = 16,
+                          truncation: Annotated[float, Gt(0), Le(1)] = 1.0,
+                          format: Literal["gif", "png"] = "gif") -> bytes:
+        """Frames along the spherical path between latents (seeds[0], indices[0]) and (seeds[1], indices[1])."""
+        try:
+            model_id, info = self._pick(model)
+            if label is not None and not info["num_classes"]:
+                raise RequestError("label", f"model {info['name']!r} is unconditional: it takes no label")
+            label_id = self._label_id(model_id, "label", label) if label is not None else 0
+            ends = [[seeds[0], indices[0]], [seeds[1], indices[1]]]
+            frames = await asyncio.to_thread(self.runtime.interpolate, model_id, ends, label_id, steps, truncation)
+        except RequestError as exc:
+            return _error(exc.field, str(exc), exc.status)
+        body = await _offload(frames.size, encode_gif if format == "gif" else encode_strip, frames)
+        IMAGES_GENERATED.labels(model=info["name"]).inc(steps)
+        return Response(body, media_type="image/gif" if format == "gif" else "image/png",
+                        headers={"X-Seeds": f"{seeds[0]},{seeds[1]}", "X-Model": info["name"]})
+
+    @web.get("/info")
+    async def info(self):
+        """Models, their manifests and metrics, provider in use, batching limits and observed batch sizes."""
+        described = self.runtime.describe()
+        return {**described, "limits": {k: getattr(SETTINGS, k) for k in (
+            "max_n", "max_steps", "max_concurrency", "timeout_s", "max_body_bytes")}}
+
+    @web.get("/ui", response_class=HTMLResponse)
+    def page(self):
+        return HTMLResponse(WEB_PAGE.read_text())
+
+
+async def _offload(pixels: int, fn, *args):
+    """Run a CPU-bound encoder: inline when the answer is small, else in a thread so the loop keeps serving."""
+    return fn(*args) if pixels <= INLINE_ENCODE_PIXELS else await asyncio.to_thread(fn, *args)
+
+
+def _params(api) -> set[str]:
+    """The JSON fields a BentoML API method takes (its input model's fields)."""
+    return set(api.input_spec.model_fields)
+
+
+class ClientErrorsOnOneLine(logging.Filter):
+    """BentoML logs each rejected request (a client's 4xx) as an ERROR with a traceback: make it one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(getattr(exc, "error_code", None), "value", None)
+        if exc is not None and (type(exc).__name__ == "ValidationError" or (code is not None and code < 500)):
+            record.msg, record.args = "client error on %s: %s", (record.args[0] if record.args else "?",
+                                                                  " ".join(str(exc).split())[:300])
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsOnOneLine())
+GAN.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.max_body_bytes,
+                        fields={"/generate": _params(GAN.inner.generate), "/interpolate": _params(GAN.inner.interpolate)},
+                        openapi=functools.cache(lambda: honest_openapi(GAN.openapi_spec.asdict())))

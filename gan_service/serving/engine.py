@@ -1,0 +1,88 @@
+"""One onnxruntime session per model: provider choice and fallback, warm-up, latents in, uint8 images out.
+
+No torch here. The exported graph already does tanh -> [0, 255] rounding and NCHW -> NHWC, so
+``Engine.generate`` returns exactly the bytes the service encodes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from gan_service.core.onnx_runtime import CUDA, PROVIDERS, available_providers, ort_session
+from gan_service.serving.modeldir import ModelDir
+
+log = logging.getLogger("gan.engine")
+
+
+class EngineError(RuntimeError):
+    """The model cannot be run as configured (e.g. a GPU is required but there is none)."""
+
+
+@dataclass
+class EngineOptions:
+    provider: str = "auto"        # auto: CUDA when a session really runs on it, else CPU (one log line says why)
+    require_gpu: bool = False     # no CUDA session is a start-up error instead of a CPU fallback
+    fp16: bool = True             # use generator.fp16.onnx on the GPU when the model directory has one
+    intra_op_threads: int = 0     # onnxruntime CPU threads (0 = its default: one per core)
+
+
+class Engine:
+    """Runs one model directory's generator; thread-compatible (onnxruntime sessions allow concurrent run)."""
+
+    def __init__(self, model: ModelDir, options: EngineOptions | None = None):
+        import onnxruntime as ort
+
+        self.model, self.options = model, options or EngineOptions()
+        want = self.options.provider
+        if want not in PROVIDERS:
+            raise EngineError(f"provider must be one of {PROVIDERS}, not {want!r}")
+        strict = want == "cuda" or self.options.require_gpu      # no CUDA session is an error, not a fallback
+        if want != "cpu" and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu wheels find the CUDA/cuDNN libraries of the nvidia-* pip packages only after this.
+            ort.preload_dlls()
+        listed = available_providers()
+        if strict and CUDA not in listed:
+            raise EngineError(f"{model.name}: CUDAExecutionProvider is not available in onnxruntime ({listed}); "
+                              "install the gpu extra (onnxruntime-gpu) or use provider=cpu")
+        self.session, why_cpu = None, "provider=cpu"
+        if want != "cpu" and CUDA in listed:
+            self.session = self._open(model.fp16_path if self.options.fp16 and model.fp16_path else model.onnx_path,
+                                      "cuda")
+            got = self.session.get_providers()
+            if got[0] != CUDA:
+                # onnxruntime-gpu lists CUDA even with no GPU or driver; the session then silently runs on the CPU.
+                if strict:
+                    raise EngineError(f"{model.name}: asked for CUDA but the session got {got} (no usable GPU "
+                                      "or NVIDIA driver)")
+                self.session, why_cpu = None, "onnxruntime lists CUDA but no session can use it (no GPU or driver)"
+        elif want != "cpu":
+            why_cpu = "no CUDA provider in this onnxruntime"
+        if self.session is None:                          # the CPU runs the fp32 graph, never the fp16 one
+            self.session = self._open(model.onnx_path, "cpu")
+            log.info("%s: running on CPUExecutionProvider (%s)", model.name, why_cpu)
+        self.provider = self.session.get_providers()[0]
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def _open(self, path, provider: str):
+        """A session on ``path`` (CPU behind CUDA as onnxruntime's own fallback); remembers which file it runs."""
+        self.model_file = path.name
+        # Idle engine threads sleep instead of spinning: the same cores serve HTTP and encode images.
+        return ort_session(path, provider, threads=self.options.intra_op_threads, fallback_cpu=True, spinning=False)
+
+    def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """z float32 [N, latent_dim] (+ labels int64 [N]) -> uint8 images [N, H, W, C]."""
+        feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
+        if "label" in self.input_names:
+            if labels is None:
+                raise EngineError(f"{self.model.name} is conditional: labels are required")
+            feeds["label"] = np.ascontiguousarray(labels, dtype=np.int64)
+        return self.session.run(["image"], feeds)[0]
+
+    def warmup(self, batch_sizes) -> None:
+        """Run each batch size once so per-shape set-up (cuDNN algorithm search, allocations) is paid now."""
+        for n in sorted(set(batch_sizes)):
+            z = np.zeros((n, self.model.latent_dim), np.float32)
+            labels = np.zeros(n, np.int64) if self.model.num_classes else None
+            self.generate(z, labels)

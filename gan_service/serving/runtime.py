@@ -1,0 +1,190 @@
+"""The model runtime: loads and warms the onnxruntime engines, renders rows, keeps batch statistics.
+
+It takes work as *rows* (model, seed, index, label, truncation) rather than latents, and makes
+the latents itself with ``serving.latents``: an image is then a pure function of its row, however
+the micro-batcher (serving/batcher.py) groups rows from different clients into one ``render`` call.
+The sampler calls ``render`` directly, shard by shard.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gan_service.core.onnx_runtime import CUDA
+from gan_service.serving.engine import Engine, EngineOptions
+from gan_service.serving.latents import latents, latents_of_spans, random_labels
+from gan_service.serving.modeldir import ModelDir, ModelDirError, load_model_dir
+from gan_service.serving.settings import ServeSettings
+
+log = logging.getLogger("gan.runtime")
+
+# Row layout: int64 [N, 5], one row per image.
+COL_MODEL, COL_SEED, COL_INDEX, COL_LABEL, COL_PSI = range(5)
+RANDOM_LABEL = -1
+
+
+def make_rows(model_id: int, seed: int, indices, labels, truncation: float) -> np.ndarray:
+    """int64 [n, 5] rows; labels [n] (RANDOM_LABEL = derive from (seed, index)); psi kept bit-exact."""
+    n = len(indices)
+    rows = np.empty((n, 5), dtype=np.int64)
+    rows[:, COL_MODEL], rows[:, COL_SEED], rows[:, COL_INDEX] = model_id, seed, indices
+    rows[:, COL_LABEL] = labels
+    rows[:, COL_PSI] = np.float64(truncation).view(np.int64)
+    return rows
+
+
+@dataclass
+class BatchStats:
+    """How the micro-batcher grouped work: evidence that merging happened."""
+    sizes: Counter = field(default_factory=Counter)   # rows per merged call -> number of calls
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, size: int) -> None:
+        with self.lock:
+            self.sizes[size] += 1
+
+    def summary(self) -> dict:
+        with self.lock:
+            calls = sum(self.sizes.values())
+            return {"calls": calls, "rows": sum(k * v for k, v in self.sizes.items()),
+                    "max_rows": max(self.sizes, default=0), "histogram": {str(k): v for k, v in sorted(self.sizes.items())}}
+
+
+class ModelRuntime:
+    """Loads and warms every configured model; a model that fails verification keeps the runtime not-ready."""
+
+    def __init__(self, settings: ServeSettings, warmup: bool = True, loaded: list[ModelDir] | None = None):
+        """loaded: model directories the caller has already loaded and verified (instead of settings.models)."""
+        self.settings = settings
+        self.models: list[ModelDir] = []
+        self.engines: list[Engine] = []
+        self.errors: dict[str, str] = {}
+        self.stats = BatchStats()
+        options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, fp16=settings.fp16,
+                                intra_op_threads=settings.engine_threads)
+        for ref in loaded or settings.models:
+            try:
+                model = ref if isinstance(ref, ModelDir) else load_model_dir(settings.resolve_model(ref))
+            except ModelDirError as exc:
+                log.error("model %s failed to load (not ready): %s", ref, exc)
+                self.errors[ref] = str(exc)
+                continue
+            engine = Engine(model, options)      # EngineError (e.g. require_gpu without GPU) stops start-up
+            if warmup:
+                engine.warmup(settings.bucket_sizes())
+            log.info("model %s ready on %s (%s)%s", model.name, engine.provider, engine.model_file,
+                     f", warmed batch sizes {settings.bucket_sizes()}" if warmup else "")
+            self.models.append(model)
+            self.engines.append(engine)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.engines) and not self.errors
+
+    def _bucket(self, n: int, engine: Engine) -> int:
+        """The padded batch size: the next warmed power of two on CUDA; n itself on the CPU, where a new shape
+        costs nothing and padding would only add compute (up to 2x)."""
+        if not self.settings.pad_to_buckets or engine.provider != CUDA:
+            return n
+        return next(b for b in self.settings.bucket_sizes() if b >= n)
+
+    def _run(self, model_id: int, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        """Engine calls of at most max_batch_size rows, each padded to a warmed bucket size (padding dropped)."""
+        step = self.settings.max_batch_size
+        if len(z) > step:
+            return np.concatenate([self._run(model_id, z[i:i + step], None if labels is None else labels[i:i + step])
+                                   for i in range(0, len(z), step)])
+        n, engine = len(z), self.engines[model_id]
+        size = self._bucket(n, engine)
+        if size > n:
+            z = np.concatenate([z, np.zeros((size - n, z.shape[1]), np.float32)])
+            labels = None if labels is None else np.concatenate([labels, np.zeros(size - n, np.int64)])
+        return engine.generate(z, labels)[:n]
+
+    def latents_for(self, model_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """z [n, d] and labels [n] of rows that all belong to one model."""
+        model = self.models[model_id]
+        runs = _runs(rows)
+        # One Philox stream per run of consecutive indices of one (seed, truncation); the maths once for all.
+        spans = [(int(rows[a, COL_SEED]), int(rows[a, COL_INDEX]), b - a,
+                  float(rows[a:a + 1, COL_PSI].view(np.float64)[0])) for a, b in runs]
+        z = latents_of_spans(spans, model.latent_dim)
+        labels = rows[:, COL_LABEL].copy() if model.num_classes else None
+        if labels is not None:
+            for (a, b), (seed, first, count, _) in zip(runs, spans):
+                run = labels[a:b]
+                derived = random_labels(seed, first, count, model.latent_dim, model.num_classes)
+                run[run == RANDOM_LABEL] = derived[run == RANDOM_LABEL]
+        return z, labels
+
+    def render(self, rows: np.ndarray) -> np.ndarray:
+        """int64 rows [N, 5] (merged from many requests) -> uint8 [N, P], P = widest model's H*W*C (zero-padded)."""
+        self.stats.add(len(rows))
+        width = max(int(np.prod(m.image_shape)) for m in self.models)
+        out = np.zeros((len(rows), width), np.uint8)
+        for model_id in np.unique(rows[:, COL_MODEL]):
+            mask = rows[:, COL_MODEL] == model_id
+            z, labels = self.latents_for(int(model_id), rows[mask])
+            images = self._run(int(model_id), z, labels)                     # [k, H, W, C]
+            out[mask, : images[0].size] = images.reshape(len(images), -1)
+        return out
+
+    def interpolate(self, model_id: int, ends: list[tuple[int, int]], label: int, steps: int, truncation: float):
+        """Frames uint8 [steps, H, W, C] along the great circle between two (seed, index) latents."""
+        model = self.models[model_id]
+        za, zb = (latents(seed, index, 1, model.latent_dim, truncation)[0] for seed, index in ends)
+        z = slerp(za, zb, np.linspace(0.0, 1.0, steps)).astype(np.float32)   # [steps, d]
+        labels = np.full(steps, label, np.int64) if model.num_classes else None
+        return self._run(model_id, z, labels)
+
+    def describe(self) -> dict:
+        return {
+            "ready": self.ready,
+            "errors": self.errors,
+            "models": [{"name": m.name, "version": m.version, "tag": m.tag,
+                        "latent_dim": m.latent_dim, "num_classes": m.num_classes, "class_names": m.class_names,
+                        "image_shape": list(m.image_shape), "sha256": m.sha256,
+                        "provider": e.provider, "model_file": e.model_file,
+                        "manifest": public_manifest(m.manifest), "metrics": m.manifest.get("metrics", {})}
+                       for m, e in zip(self.models, self.engines)],
+            "batching": {"max_batch_size": self.settings.max_batch_size,
+                         "max_latency_ms": self.settings.max_latency_ms,
+                         "pad_to_buckets": self.settings.pad_to_buckets,
+                         "buckets": self.settings.bucket_sizes(), "observed": self.stats.summary()},
+        }
+
+
+PRIVATE_MANIFEST_KEYS = ("source", "data", "command", "training")   # server paths, training host and command
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest as /info shows it: no server paths, no training command or host; training steps and time kept."""
+    public = {k: v for k, v in manifest.items() if k not in PRIVATE_MANIFEST_KEYS}
+    training = manifest.get("training") or {}
+    public["training"] = {k: training[k] for k in ("steps", "wall_time_s") if k in training}
+    return public
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, stop), ...] spans of rows with one seed and truncation and indices increasing by one."""
+    if not len(rows):
+        return []
+    new = np.ones(len(rows), bool)
+    new[1:] = ((rows[1:, COL_SEED] != rows[:-1, COL_SEED]) | (rows[1:, COL_PSI] != rows[:-1, COL_PSI])
+               | (rows[1:, COL_INDEX] != rows[:-1, COL_INDEX] + 1))
+    starts = np.flatnonzero(new).tolist()
+    return list(zip(starts, starts[1:] + [len(rows)]))
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation [len(t), d] between vectors a and b (linear when they are parallel)."""
+    a64, b64, t = a.astype(np.float64), b.astype(np.float64), t[:, None]
+    cos = np.dot(a64, b64) / (np.linalg.norm(a64) * np.linalg.norm(b64))
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if omega < 1e-6:
+        return (1 - t) * a64 + t * b64
+    return (np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)

@@ -1,0 +1,86 @@
+"""Service settings: every field documented here, with its default.
+
+Resolution order (later wins): the defaults below, ``GAN_<FIELD>`` environment variables (handy for
+``docker run -e``), then BentoML arguments (``bentoml serve ... --arg field=value``).
+List fields take comma-separated values (``GAN_MODELS=models/a,models/b``).
+"""
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from gan_service.core.onnx_runtime import PROVIDERS
+from gan_service.core.paths import resolve_shipped
+
+
+
+class ServeSettings(BaseModel):
+    models: list[str] = Field(["models/fmnist-cdcgan", "models/fmnist-dcgan"],
+                              description="model directories or BentoML model tags (name:version); the first is "
+                                          "the default. A relative directory not found from the working directory "
+                                          "is taken from the installed package's shipped models")
+    provider: str = Field("auto", description="onnxruntime provider: auto (CUDA when a session really runs on "
+                                              "it, else the CPU with one log line saying why), cuda or cpu")
+    require_gpu: bool = Field(False, description="refuse to start without the CUDA provider")
+    engine_threads: int = Field(1, ge=0, description="onnxruntime CPU threads per model (0: one per core); one "
+                                                   "leaves the other cores to HTTP and encoding, and was the "
+                                                   "fastest on the 2-core machine of docs/benchmarks.md")
+    fp16: bool = Field(True, description="use generator.fp16.onnx on the GPU when the model has one")
+    max_n: int = Field(64, ge=1, description="most images one /generate request may ask for")
+    max_batch_size: int = Field(256, ge=1, description="micro-batching: most images per merged engine call")
+    max_latency_ms: int = Field(1000, ge=1, description="micro-batching budget: a request still waiting for the "
+                                                       "engine this long after it arrived gets 503")
+    batching: bool = Field(True, description="merge rows of concurrent requests into one engine call (false: "
+                                             "each request runs alone, for comparison)")
+    pad_to_buckets: bool = Field(True, description="on CUDA, pad merged batches to power-of-two sizes so only "
+                                                   "those shapes are ever run (and warmed up); the CPU runs any "
+                                                   "size unpadded")
+    max_concurrency: int = Field(256, ge=1, description="requests in flight before clients get 429")
+    timeout_s: float = Field(30.0, gt=0, description="per-request time limit; past it clients get 504")
+    max_body_bytes: int = Field(65536, ge=256, description="largest accepted request body; larger gets 413")
+    max_steps: int = Field(64, ge=2, description="most frames one /interpolate request may ask for")
+    workers: int = Field(1, ge=1, description="worker processes; each loads every model and batches on its own")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, v):
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v):
+        if v not in PROVIDERS:
+            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if not self.models:
+            raise ValueError("models: at least one model is needed")
+        if self.max_n > self.max_batch_size:
+            raise ValueError("max_n must not exceed max_batch_size (one request is never split)")
+        return self
+
+    def resolve_model(self, ref: str) -> str:
+        """A BentoML tag (name:version) passes through; a directory follows ``core.paths.resolve_shipped``."""
+        if ":" in ref and not resolve_shipped(ref).exists():
+            return ref
+        return str(resolve_shipped(ref))
+
+    def bucket_sizes(self) -> list[int]:
+        """Batch sizes the runtime may run: powers of two up to max_batch_size, and max_batch_size itself."""
+        sizes, b = [], 1
+        while b < self.max_batch_size:
+            sizes.append(b)
+            b *= 2
+        return sizes + [self.max_batch_size]
+
+
+def load_settings(arguments: dict | None = None, environ: dict | None = None) -> ServeSettings:
+    """Defaults <- GAN_* environment variables <- BentoML arguments."""
+    environ = os.environ if environ is None else environ
+    values = {name: environ[f"GAN_{name.upper()}"] for name in ServeSettings.model_fields
+              if f"GAN_{name.upper()}" in environ}
+    values.update(arguments or {})
+    return ServeSettings(**values)
