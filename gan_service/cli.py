@@ -287,7 +287,7 @@ def _bench_parser(sub) -> None:
     toy = bench.add_parser("toy", help="mode-collapse benchmark on the 2-D ring and grid mixtures",
                            description="Train each loss on the ring of 8 and the grid of 25, several seeds each; "
                                        "write a table and scatter plots to --out. The runs of `best` are also "
-                                       "sampled through D* rejection sampling (training/rejection.py), reported "
+                                       "sampled through D* rejection sampling (gan_service/training/rejection.py), reported "
                                        "as best+drs.")
     toy.add_argument("--datasets", nargs="+", default=["ring", "grid"], choices=["ring", "grid"],
                      help="mixtures to run (default: ring grid)")

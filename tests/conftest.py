@@ -87,6 +87,31 @@ def start_server(tmp_path_factory):
         s.stop()
 
 
+class SlowServer:
+    """A real server whose engine calls first sleep ``delay`` seconds (tests/slow_engine): settable while it runs."""
+
+    def __init__(self, start_server, tmp_path: Path, env: dict[str, str]):
+        self.delay_file = tmp_path / "engine-delay"
+        self.delay = 0
+        self.server = start_server({**env, "PYTHONPATH": str(REPO / "tests" / "slow_engine"),
+                                    "GAN_TEST_ENGINE_DELAY_FILE": str(self.delay_file)})
+        self.url = self.server.url
+
+    @property
+    def delay(self) -> float:
+        return float(self.delay_file.read_text())
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        self.delay_file.write_text(str(seconds))
+
+
+@pytest.fixture
+def slow_server(start_server, tmp_path):
+    """Factory: slow_server(env) -> a SlowServer with its delay at 0 (set ``.delay`` to slow the engine)."""
+    return lambda env: SlowServer(start_server, tmp_path, env)
+
+
 @pytest.fixture(scope="session")
 def server(tiny_models, start_server) -> Server:
     """One real server with both tiny models, shared by the HTTP and sampler tests."""

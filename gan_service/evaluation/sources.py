@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gan_service.core.paths import resolve_shipped
 from gan_service.core.errors import DataError
 from gan_service.core.fmnist import load_fmnist as load_split
 from gan_service.core.image_folder import image_files
@@ -208,8 +209,9 @@ def generate_from_model(ref: str, n: int, seed: int, shape: tuple[int, int, int]
 
 
 def load_source(source: str, n: int, seed: int, shape: tuple[int, int, int]) -> Samples:
-    """Dispatch on what ``source`` is; see the module docstring."""
-    path = Path(source)
+    """Dispatch on what ``source`` is; see the module docstring. A relative path follows ``core.paths`` (so
+    ``models/fmnist-cdcgan`` names the shipped model from any directory)."""
+    path = resolve_shipped(source)
     if path.is_dir():
         manifest = path / "manifest.json"
         if manifest.is_file():

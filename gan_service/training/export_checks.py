@@ -56,13 +56,23 @@ def parity_check(generator: torch.nn.Module, onnx_path, latent_dim: int, num_cla
         raise ExportError(f"parity check failed: ONNX vs PyTorch max difference {worst_max} grey levels, "
                           f"{min_identical:.5%} of pixels identical (need <= {PARITY_MAX_DIFF} and "
                           f">= {PARITY_MIN_IDENTICAL:.1%}); per batch: {per_batch}")
-    # Recorded, not enforced here (the engine owns batching): is image i the same alone as inside a batch?
+    result["batch_invariance_cpu"] = batch_invariance(sess, latent_dim, num_classes)
+    return result
+
+
+def batch_invariance(sess, latent_dim: int, num_classes: int) -> dict:
+    """Enforced: image i is the same bytes made at batch 512 as in batches of 7 (the service's and the sampler's
+    determinism contract rests on it); a graph that breaks it is not exported."""
     feed = check_latents(1000 + 512, 512, latent_dim, num_classes)
     full = sess.run(["image"], feed)[0]
     split = np.concatenate([sess.run(["image"], {k: v[i:i + 7] for k, v in feed.items()})[0]
                             for i in range(0, 512, 7)])
-    result["batch_invariance_cpu"] = {"batch_512_vs_batches_of_7": _compare(split, full)}
-    return result
+    stats = _compare(split, full)
+    if stats["max_abs_diff"]:
+        raise ExportError(f"batch invariance failed: images made at batch 512 differ from the same latents in "
+                          f"batches of 7 (up to {stats['max_abs_diff']} grey levels, {stats['identical']:.5%} "
+                          "identical); the served bytes would depend on how requests are batched")
+    return {"batch_512_vs_batches_of_7": stats}
 
 
 def fp16_check(fp32_path, fp16_path, latent_dim: int, num_classes: int,

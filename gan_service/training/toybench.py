@@ -210,7 +210,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _describe_rejection(c) -> str:
-    return (f"D* rejection sampling (`training/rejection.py`): a fresh D (standardised input, {c.fourier} Fourier "
+    return (f"D* rejection sampling (`gan_service/training/rejection.py`): a fresh D (standardised input, {c.fourier} Fourier "
             f"features at {c.fourier_scale:g} cycles per std, MLP {'x'.join(map(str, c.hidden))}) fitted alone to the "
             f"frozen G for {c.steps} Adam steps of batch {c.batch}, then each G sample kept with probability "
             f"exp(logit - M), M the {c.bound_quantile:g} quantile of {c.calibration} samples' logits; "
@@ -271,7 +271,7 @@ def _md_setup(command: str, runtime_s: float, threads: int, workers: int) -> lis
         f"Python {platform.python_version()}; the CPU was shared with other jobs, so s/run are loaded timings",
         f"- total runtime: {runtime_s / 60:.1f} min",
         "",
-        "Recipes (flat overrides on the presets `toy-ring` / `toy-grid` of `training/config.py`):",
+        "Recipes (flat overrides on the presets `toy-ring` / `toy-grid` of `gan_service/training/config.py`):",
         "",
     ]
 
