@@ -473,3 +473,18 @@ def test_standard_fid_with_real_inception_weights(real, tmp_path):
     result = evaluate(blurred, n=500, out=tmp_path / "r2", classifier=CLASSIFIER, data_dir=FMNIST,
                       inception_weights=INCEPTION)
     assert result["metrics"]["fid_inception"] > 2 * result["floor"]["fid_inception"]
+
+
+def test_classifier_directory_is_verified_by_the_model_directory_loader(tmp_path):
+    """A modified classifier file is refused with the model-directory loader's own size/sha256 message."""
+    import shutil
+
+    bad = shutil.copytree(CLASSIFIER, tmp_path / "eval")
+    data = bytearray((bad / "classifier.onnx").read_bytes())
+    data[-5] ^= 0xFF                                            # same size, different bytes
+    (bad / "classifier.onnx").write_bytes(bytes(data))
+    with pytest.raises(EvaluationError, match="sha256 .* does not match manifest.json"):
+        Classifier(bad)
+    (bad / "classifier.onnx").unlink()
+    with pytest.raises(EvaluationError, match="listed in manifest.json but missing"):
+        Classifier(bad)

@@ -31,9 +31,9 @@ def default_threads(env: str = "GAN_ORT_THREADS", cap: int = 4) -> int:
     return max(1, int(value)) if value else min(cap, os.cpu_count() or 1)
 
 
-def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = None, fallback_cpu: bool = False,
+def ort_session(path: str | Path | bytes, provider: str = "cpu", threads: int | None = None, fallback_cpu: bool = False,
                 spinning: bool = True):
-    """An onnxruntime.InferenceSession on ``path`` with warnings silenced (log severity 3).
+    """An onnxruntime.InferenceSession on ``path`` (or the model's bytes) with warnings silenced (log severity 3).
 
     provider: "cpu", "cuda" or a full provider name; fallback_cpu adds the CPU provider behind CUDA.
     threads: intra-op threads (None or 0 = onnxruntime's own choice: one per core).
@@ -50,4 +50,5 @@ def ort_session(path: str | Path, provider: str = "cpu", threads: int | None = N
     providers = [provider_name(provider)]
     if fallback_cpu and providers[0] != PROVIDER_NAMES["cpu"]:
         providers.append(PROVIDER_NAMES["cpu"])
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=providers)

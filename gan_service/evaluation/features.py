@@ -25,7 +25,7 @@ class Classifier:
     """The verified classifier: uint8 [N, 28, 28, 1] -> logits [N, 10], features [N, 128]."""
 
     def __init__(self, directory: str | Path = "models/eval"):
-        from gan_service.serving.modeldir import file_sha256
+        from gan_service.serving.modeldir import ModelDirError, verify_files
 
         self.path = resolve_shipped(directory)
         mpath = self.path / MANIFEST
@@ -40,13 +40,12 @@ class Classifier:
             shape = self.manifest["inputs"][0]["shape"][1:]
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise EvaluationError(f"{mpath}: not a classifier manifest ({type(exc).__name__}: {exc})") from exc
+        try:                                   # the model-directory loader's own file check (size + sha256)
+            verify_files(self.path, self.manifest)
+        except ModelDirError as exc:
+            raise EvaluationError(f"{exc} (retrain with `gan evaluate --train-classifier`)") from None
+        self.sha256 = entry["sha256"]
         onnx_path = self.path / CLASSIFIER_FILE
-        if not onnx_path.is_file():
-            raise EvaluationError(f"{onnx_path}: listed in {MANIFEST} but missing")
-        self.sha256 = file_sha256(onnx_path)
-        if self.sha256 != entry.get("sha256"):
-            raise EvaluationError(f"{onnx_path}: sha256 {self.sha256[:16]}... does not match {MANIFEST}; the file "
-                                  "was modified (retrain with `gan evaluate --train-classifier`)")
         self.input_shape = tuple(int(s) for s in shape)           # (28, 28, 1)
         self.session = _session(onnx_path)
 
@@ -78,7 +77,7 @@ class InceptionFeatures:
     SIZE = 299
 
     def __init__(self, path: str | Path):
-        from gan_service.serving.modeldir import file_sha256
+        from gan_service.serving.modeldir import ModelDirError, verify_files
 
         self.path = Path(path)
         if not self.path.is_file():
