@@ -87,8 +87,11 @@ def check_response(doc: dict, op: dict, r: httpx.Response) -> None:
     assert media in documented[str(r.status_code)].get("content", {}), (r.status_code, media)
     if r.status_code >= 400:
         body, schema = r.json(), resolve(doc, documented[str(r.status_code)]["content"][media]["schema"])
-        assert set(schema["required"]) <= set(body) and isinstance(body["error"], str), body
-        assert "field" not in body or isinstance(body["field"], str), body
+        assert set(body) == set(schema["properties"]) == set(schema["required"]), body      # exactly error, field
+        assert all(isinstance(body[k], str) for k in body), body
+    for header in documented[str(r.status_code)].get("headers", {}):
+        if header not in ("X-Labels", "X-Label") or r.status_code != 200:     # X-Label(s): conditional models only
+            assert header.lower() in r.headers, (r.status_code, header)
 
 
 @pytest.mark.parametrize("path", ["/generate", "/interpolate"])
@@ -130,5 +133,10 @@ def test_document_states_the_enforced_constraints(doc):
     media = doc["paths"]["/generate"]["post"]["responses"]["200"]["content"]
     assert set(media) == {"image/png", "image/jpeg", "image/webp", "application/x-npy", "application/zip"}
     assert set(doc["paths"]["/interpolate"]["post"]["responses"]["200"]["content"]) == {"image/gif", "image/png"}
-    for code in ("400", "404", "413", "415", "429", "503", "504"):
-        assert doc["paths"]["/generate"]["post"]["responses"][code]["content"]["application/json"]
+    for path in ("/generate", "/interpolate"):
+        responses = doc["paths"][path]["post"]["responses"]
+        for code in ("400", "404", "408", "413", "415", "429", "503", "504"):
+            assert responses[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+            assert ("Retry-After" in responses[code].get("headers", {})) == (code in ("429", "503", "504")), code
+    assert doc["components"]["schemas"]["Error"]["required"] == ["error", "field"]
+    assert "X-Label" in doc["paths"]["/interpolate"]["post"]["responses"]["200"]["headers"]

@@ -95,12 +95,12 @@ def test_serve_listens_on_loopback_by_default_and_bentoml_has_the_safe_lower_bou
     from gan_service.cli import build_parser
 
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
-    from importlib.metadata import requires       # the installed distribution's own metadata (wheel or checkout)
+    from importlib.metadata import requires, version   # the installed distribution's own metadata (wheel or checkout)
 
     reqs = [Requirement(r) for r in requires("gan-service")]
     for extra in ("serve", "gpu"):
         spec = next(r.specifier for r in reqs if r.name == "bentoml" and r.marker and r.marker.evaluate({"extra": extra}))
-        assert Version("1.4.2") not in spec and Version("1.4.3") in spec, extra
+        assert Version("1.4.2") not in spec and Version(version("bentoml")) in spec, extra
 
 
 # ---------------------------------------------------------------- the runtime in-process
@@ -362,3 +362,139 @@ def test_http_not_ready_on_tampered_model(tiny_models, start_server, tmp_path):
     assert r.status_code == 503 and r.json()["field"] == "model" and "samples.png" in r.json()["error"]
     assert "{'" not in r.json()["error"] and r.headers["content-type"] == "application/json"
     assert "samples.png" in srv.log() and manifest["name"] == "tiny-cdc"
+
+
+# ---------------------------------------------------------------- robustness: inputs that once answered 500
+
+def test_truncation_just_below_one_has_a_finite_bound():
+    """0.5 + psi / 2 rounds to 1.0 for psi = 1 - 2**-53: the bound comes from the other tail instead."""
+    from statistics import NormalDist
+
+    for psi in (0.9999999999999999, 1 - 2**-52, 1 - 2**-50):
+        assert np.isfinite(truncation_bound(psi)) and truncation_bound(psi) > 7, psi
+        assert np.isfinite(latents(3, 0, 50, 16, truncation=psi)).all()
+    assert truncation_bound(1 - 2**-52) >= truncation_bound(1 - 2**-50) >= truncation_bound(0.999999)
+    for psi in (1e-300, 0.3, 0.5, 0.6827, 0.99, 0.999999):      # where the old formula worked: the same bound
+        assert truncation_bound(psi) == NormalDist().inv_cdf(0.5 + psi / 2.0), psi
+
+
+@pytest.mark.parametrize("label", ["--1", "-", "²", "1²", "٣", "9" * 5000, "+-3", "- 1", "0x3", ""])
+def test_label_strings_that_are_not_decimal_ids_are_label_errors(tiny_models, label):
+    from gan_service.serving.modeldir import LabelError, load_model_dir
+
+    model = load_model_dir(tiny_models["cdc"])
+    with pytest.raises(LabelError):
+        model.label_index(label)
+    assert model.label_index(" 3 ") == 3 and model.label_index("-0") == 0
+
+
+def _copy_with_manifest(src, dst, **changes):
+    """A copy of a model directory with manifest keys changed (the manifest is not in its own file list)."""
+    out = shutil.copytree(src, dst)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(changes)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize("name", ["модель", "tiny\u2028dc", "../../etc/x", "a/b", ".hidden", "-dash", "", "x" * 200,
+                                  "tiny dc", "tiny\r\nX-Evil: 1"])
+def test_manifest_name_must_be_a_safe_token(tiny_models, tmp_path, name):
+    from gan_service.serving.modeldir import ModelDirError, load_model_dir
+
+    bad = _copy_with_manifest(tiny_models["dc"], tmp_path / "bad", name=name)
+    with pytest.raises(ModelDirError, match="'name'"):
+        load_model_dir(bad)
+    rt = ModelRuntime(ServeSettings(models=[str(bad)]), warmup=False)
+    assert not rt.ready and "'name'" in rt.errors[str(bad)]
+
+
+def _inputs(latent_dim, conditional):
+    z = [{"name": "z", "dtype": "float32", "shape": ["batch", latent_dim]}]
+    return z + ([{"name": "label", "dtype": "int64", "shape": ["batch"]}] if conditional else [])
+
+
+@pytest.mark.parametrize("key, changes, words", [
+    ("dc", {"latent_dim": 17, "inputs": _inputs(17, False)}, "latent_dim"),
+    ("dc", {"image_shape": [32, 32, 1]}, "image_shape"),
+    ("dc", {"image_shape": [28, 28, 3]}, "image_shape"),
+    ("cdc", {"num_classes": 0, "class_names": [], "inputs": _inputs(16, False)}, "label"),
+    ("dc", {"num_classes": 10, "class_names": [], "inputs": _inputs(16, True)}, "label"),
+])
+def test_a_manifest_that_does_not_describe_the_graph_keeps_the_model_not_ready(tiny_models, tmp_path, key, changes,
+                                                                                words):
+    bad = _copy_with_manifest(tiny_models[key], tmp_path / "bad", **changes)
+    rt = ModelRuntime(ServeSettings(models=[str(bad), str(tiny_models["dc"])]))     # the good one still loads
+    assert not rt.ready and words in rt.errors[str(bad)], rt.errors
+    assert [m.name for m in rt.models] == ["tiny-dc"]
+
+
+def test_the_engine_runs_the_bytes_it_verified(tiny_models, tmp_path):
+    """A generator.onnx swapped after the directory was verified is refused, not run."""
+    from gan_service.serving.modeldir import ModelDirError, load_model_dir
+
+    model = load_model_dir(shutil.copytree(tiny_models["dc"], tmp_path / "dc"))
+    (model.path / "generator.onnx").write_bytes((tiny_models["cdc"] / "generator.onnx").read_bytes())
+    with pytest.raises(ModelDirError, match="generator.onnx"):
+        ModelRuntime(ServeSettings(models=[str(model.path)]), warmup=False, loaded=[model])
+
+
+def test_one_bad_request_in_a_merged_call_fails_alone(runtime):
+    """Latents are prepared per request: a request whose rows cannot be prepared does not fail the others."""
+    good = make_rows(0, 11, np.arange(3), [RANDOM_LABEL] * 3, 1.0)
+    bad = make_rows(0, 12, np.arange(2), [RANDOM_LABEL] * 2, 2.0)               # truncation outside (0, 1]
+    other = make_rows(1, 13, np.arange(2), [RANDOM_LABEL] * 2, 0.5)
+    outcomes = runtime.render_requests([good, bad, other])
+    assert isinstance(outcomes[1], ValueError)
+    assert np.array_equal(outcomes[0], runtime.render_requests([good])[0])
+    assert np.array_equal(outcomes[2], runtime.render_requests([other])[0]) and outcomes[2].shape == (2, 28, 28, 1)
+    alone = runtime.render(good)[:, : 28 * 28].reshape(3, 28, 28, 1)
+    assert np.array_equal(outcomes[0], alone)                          # the same bytes as the sampler's path
+
+
+def test_http_truncation_just_below_one_is_served(server):
+    psi = 0.9999999999999999
+    r = post(server, "/generate", {"n": 2, "seed": 5, "format": "npy", "truncation": psi})
+    assert r.status_code == 200, r.text
+    r = post(server, "/interpolate", {"seeds": [1, 2], "steps": 3, "truncation": psi})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("label", ["--1", "²", "9" * 5000])
+def test_http_odd_label_strings_are_400(server, label):
+    r = post(server, "/generate", {"model": "tiny-cdc", "labels": label})
+    assert r.status_code == 400 and r.json()["field"] == "labels", r.text
+    r = post(server, "/interpolate", {"model": "tiny-cdc", "seeds": [1, 2], "label": label})
+    assert r.status_code == 400 and r.json()["field"] == "label", r.text
+
+
+def test_http_content_type_that_is_not_utf8_is_415_at_once(server):
+    for value in (b"\xff\xfe", b"application/\xe9", b"text/\xc3("):
+        r = httpx.post(server.url + "/generate", content=b"{}", headers={"content-type": value}, timeout=10)
+        assert r.status_code == 415 and r.json()["field"] == "content-type", r.text
+
+
+def test_http_every_error_is_error_and_field_only(server):
+    cases = [("/generate", {"n": 0}), ("/generate", {"seed": "x"}), ("/interpolate", {}), ("/generate", {"bogus": 1}),
+             ("/generate", {"model": "nope"}), ("/interpolate", {"seeds": [1, 2], "indices": [1]})]
+    for path, body in cases:
+        r = post(server, path, body)
+        assert 400 <= r.status_code < 500 and set(r.json()) == {"error", "field"}, (body, r.text)
+    r = httpx.post(server.url + "/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()) == {"error", "field"} and r.json()["field"] == "body", r.text
+    r = httpx.post(server.url + "/generate", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()) == {"error", "field"}, r.text
+
+
+def test_http_interpolate_draws_the_class_like_generate(server):
+    """No label on a conditional model: the class of image (seeds[0], indices[0]), said in X-Label."""
+    for seeds, indices in (([9, 2], [0, 0]), ([4, 1], [3, 0])):
+        r = post(server, "/interpolate", {"model": "tiny-cdc", "seeds": seeds, "indices": indices, "steps": 2,
+                                          "format": "png"})
+        drawn = int(random_labels(seeds[0], indices[0], 1, 16, 10)[0])
+        assert r.status_code == 200 and r.headers["x-label"] == str(drawn), r.headers
+        given = post(server, "/interpolate", {"model": "tiny-cdc", "seeds": seeds, "indices": indices, "steps": 2,
+                                              "format": "png", "label": drawn})
+        assert given.content == r.content and given.headers["x-label"] == str(drawn)
+    r = post(server, "/interpolate", {"seeds": [1, 2], "steps": 2})
+    assert r.status_code == 200 and "x-label" not in r.headers                 # unconditional: no class

@@ -2,16 +2,19 @@
 
     bentoml serve gan_service.serving.app:GAN        (or: gan serve)
 
-A request is validated, turned into rows (model, seed, index, label, truncation), queued on the
-in-process micro-batcher (serving/batcher.py), which merges rows of many requests into one engine
-call, and the images are encoded in the same worker. Settings: serving/settings.py (GAN_* env
-vars or --arg). Why one service and not a front + a batchable runtime: docs/design.md, "Serving".
+A request is validated, turned into rows (model, seed, index, label, truncation) or an interpolation,
+queued on the in-process micro-batcher (serving/batcher.py), which merges the requests of many clients
+into one engine call in one engine thread, and the images are encoded in the same worker. In front:
+serving/guard.py (transport limits, 408/413/415/429/504, the one error shape). Settings:
+serving/settings.py (GAN_* env vars or --arg). Why one service and not a front + a batchable runtime:
+docs/design.md, "Serving".
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import math
 import os
 import secrets
 from pathlib import Path
@@ -30,16 +33,18 @@ from starlette.responses import Response
 from gan_service.serving.batcher import MicroBatcher, Overloaded
 from gan_service.serving.contract import honest_openapi
 from gan_service.serving.codecs import encode_batch, encode_gif, encode_strip
-from gan_service.serving.guard import RequestGuard
+from gan_service.serving.guard import Limits, RequestGuard, install_header_deadline
 from gan_service.serving.latents import MAX_INDEX, MAX_SEED, random_labels
 from gan_service.serving.modeldir import LabelError
-from gan_service.serving.runtime import RANDOM_LABEL, ModelRuntime, make_rows
+from gan_service.serving.runtime import RANDOM_LABEL, Interpolation, ModelRuntime, make_rows
 from gan_service.serving.settings import load_settings
 
 log = logging.getLogger("bentoml.gan")     # under "bentoml": BentoML's log configuration shows its INFO lines
 SETTINGS = load_settings(vars(bentoml.use_arguments()))
 WEB_PAGE = Path(__file__).with_name("web") / "index.html"
 INLINE_ENCODE_PIXELS = 65536     # smaller answers are encoded on the event loop (a thread hop costs more)
+NOT_READY_RETRY_S = 60           # Retry-After of "models not ready": a model that failed to load needs a restart
+BACKSTOP_S = 10                  # BentoML's own timeout, past the guard's timeout_s: only if the guard cannot answer
 
 IMAGES_GENERATED = bentoml.metrics.Counter(
     name="gan_images_generated", documentation="images returned by /generate and /interpolate",
@@ -53,23 +58,27 @@ Seed = Annotated[StrictInt, Ge(0), Le(MAX_SEED)]
 
 
 class RequestError(Exception):
-    """A request field that is valid JSON but not acceptable here; answered 4xx naming the field."""
+    """A request field that is valid JSON but not acceptable here (4xx naming the field), or a 503 with Retry-After."""
 
-    def __init__(self, field: str, message: str, status: int = 400):
+    def __init__(self, field: str, message: str, status: int = 400, retry_after_s: int | None = None):
         super().__init__(message)
-        self.field, self.status = field, status
+        self.field, self.status, self.retry_after_s = field, status, retry_after_s
 
 
-def _error(field: str, message: str, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+def _error(exc: RequestError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status, headers=headers)
 
 
 # No FastAPI /docs or /redoc: they load Swagger UI / ReDoc from a CDN (the API contract is /docs.json).
 web = FastAPI(title="GAN web page and info", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@bentoml.service(name="gan", workers=SETTINGS.workers,
-                 traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency})
+# max_concurrency and timeout_s are enforced by serving/guard.py (its 429/504 carry Retry-After and the error shape).
+# The access log leaves out the request's Content-Type: BentoML's access logger decodes it as UTF-8 and, on other
+# bytes, raised before the answer was sent (the client waited for timeout_s, then got a plain-text 500).
+@bentoml.service(name="gan", workers=SETTINGS.workers, traffic={"timeout": SETTINGS.timeout_s + BACKSTOP_S},
+                 logging={"access": {"request_content_type": False}})
 @bentoml.asgi_app(web, path="/")
 class GAN:
     def __init__(self) -> None:
@@ -77,22 +86,24 @@ class GAN:
         self._described: list[dict] | None = None
         for model, engine in zip(self.runtime.models, self.runtime.engines):
             log.info("model %s runs on %s (%s)", model.name, engine.provider, engine.model_file)
-        self.batcher = MicroBatcher(self._render_rows, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
-                                    merge=SETTINGS.batching)
+        self.batcher = MicroBatcher(self._render_requests, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
+                                    merge=SETTINGS.batching, stall_s=SETTINGS.engine_stall_s)
 
-    def __is_ready__(self) -> bool:
-        return self.runtime.ready
+    async def __is_ready__(self) -> bool:
+        """/readyz: every model loaded, and no engine call running past engine_stall_s."""
+        return self.runtime.ready and not self.batcher.stalled
 
-    def _render_rows(self, rows: np.ndarray) -> np.ndarray:
-        """One merged engine call (runs in the batcher's engine thread)."""
-        RUNTIME_BATCH_ROWS.observe(len(rows))
-        return self.runtime.render(rows)
+    def _render_requests(self, works: list) -> list:
+        """One merged engine call (runs in the batcher's engine thread): each request's images or its error."""
+        RUNTIME_BATCH_ROWS.observe(sum(len(w) if isinstance(w, np.ndarray) else w.steps for w in works))
+        return self.runtime.render_requests(works)
 
     def _models(self) -> list[dict]:
         """Model descriptions, or a 503 naming every model that failed to load."""
         if not self.runtime.ready:
             failed = "; ".join(f"{ref}: {err}" for ref, err in self.runtime.errors.items())
-            raise RequestError("model", f"models are not ready: {failed or 'no model loaded'}", 503)
+            raise RequestError("model", f"models are not ready: {failed or 'no model loaded'}", 503,
+                               NOT_READY_RETRY_S)
         if self._described is None:                     # the models do not change after start-up
             self._described = self.runtime.describe()["models"]
         return self._described
@@ -125,14 +136,12 @@ class GAN:
         except LabelError as exc:
             raise RequestError(field, str(exc)) from None
 
-    async def _render(self, model_id: int, model: dict, seed: int, n: int, labels: list[int], psi: float):
-        rows = make_rows(model_id, seed, np.arange(n), labels, psi)
+    async def _submit(self, work, size: int) -> np.ndarray:
+        """Images uint8 [size, H, W, C] of one request, through the micro-batcher (503 when overloaded)."""
         try:
-            flat = await self.batcher.submit(rows)
+            return await self.batcher.submit(work, size)
         except Overloaded as exc:
-            raise RequestError("n", str(exc), 503) from None
-        h, w, c = model["image_shape"]
-        return flat[:, : h * w * c].reshape(n, h, w, c)
+            raise RequestError("server", str(exc), 503, exc.retry_after_s) from None
 
     @bentoml.api(route="/generate")
     async def generate(self, n: Annotated[StrictInt, Ge(1), Le(SETTINGS.max_n)] = 1, model: StrictStr | None = None,
@@ -147,9 +156,9 @@ class GAN:
             model_id, info = self._pick(model)
             ids = self._labels(model_id, info, labels, n)
             seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
-            images = await self._render(model_id, info, seed, n, ids, truncation)
+            images = await self._submit(make_rows(model_id, seed, np.arange(n), ids, truncation), n)
         except RequestError as exc:
-            return _error(exc.field, str(exc), exc.status)
+            return _error(exc)
         names = [f"{info['name']}-{seed}-{i}.png" for i in range(n)]
         body, media = await _offload(images.size, encode_batch, images, format, grid, names)
         IMAGES_GENERATED.labels(model=info["name"]).inc(n)
@@ -176,24 +185,37 @@ class GAN:
         """Frames along the spherical path between latents (seeds[0], indices[0]) and (seeds[1], indices[1])."""
         try:
             model_id, info = self._pick(model)
-            if label is not None and not info["num_classes"]:
-                raise RequestError("label", f"model {info['name']!r} is unconditional: it takes no label")
-            label_id = self._label_id(model_id, "label", label) if label is not None else 0
-            ends = [[seeds[0], indices[0]], [seeds[1], indices[1]]]
-            frames = await asyncio.to_thread(self.runtime.interpolate, model_id, ends, label_id, steps, truncation)
+            label_id = self._path_label(model_id, info, label, seeds[0], indices[0])
+            ends = ((seeds[0], indices[0]), (seeds[1], indices[1]))
+            frames = await self._submit(Interpolation(model_id, ends, label_id, steps, truncation), steps)
         except RequestError as exc:
-            return _error(exc.field, str(exc), exc.status)
+            return _error(exc)
         body = await _offload(frames.size, encode_gif if format == "gif" else encode_strip, frames)
         IMAGES_GENERATED.labels(model=info["name"]).inc(steps)
-        return Response(body, media_type="image/gif" if format == "gif" else "image/png",
-                        headers={"X-Seeds": f"{seeds[0]},{seeds[1]}", "X-Model": info["name"]})
+        headers = {"X-Seeds": f"{seeds[0]},{seeds[1]}", "X-Model": info["name"], "Cache-Control": "no-store"}
+        if info["num_classes"]:
+            headers["X-Label"] = str(label_id)
+        return Response(body, media_type="image/gif" if format == "gif" else "image/png", headers=headers)
+
+    def _path_label(self, model_id: int, info: dict, label, seed: int, index: int) -> int:
+        """The class of every frame: the one given, else the class image (seed, index) gets on /generate."""
+        if label is not None and not info["num_classes"]:
+            raise RequestError("label", f"model {info['name']!r} is unconditional: it takes no label")
+        if label is not None:
+            return self._label_id(model_id, "label", label)
+        if not info["num_classes"]:
+            return 0
+        return int(random_labels(seed, index, 1, info["latent_dim"], info["num_classes"])[0])
 
     @web.get("/info")
     async def info(self):
         """Models, their manifests and metrics, provider in use, batching limits and observed batch sizes."""
         described = self.runtime.describe()
+        described["batching"].update(queued=self.batcher.queued(), engine_busy_s=round(self.batcher.busy_s(), 3),
+                                     stalled=self.batcher.stalled)
         return {**described, "limits": {k: getattr(SETTINGS, k) for k in (
-            "max_n", "max_steps", "max_concurrency", "timeout_s", "max_body_bytes")}}
+            "max_n", "max_steps", "max_concurrency", "timeout_s", "read_timeout_s", "engine_stall_s",
+            "max_body_bytes")}}
 
     @web.get("/ui", response_class=HTMLResponse)
     def page(self):
@@ -224,6 +246,10 @@ class ClientErrorsOnOneLine(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsOnOneLine())
-GAN.add_asgi_middleware(RequestGuard, max_body_bytes=SETTINGS.max_body_bytes,
-                        fields={"/generate": _params(GAN.inner.generate), "/interpolate": _params(GAN.inner.interpolate)},
-                        openapi=functools.cache(lambda: honest_openapi(GAN.openapi_spec.asdict())))
+GAN.add_asgi_middleware(RequestGuard, limits=Limits(
+    max_body_bytes=SETTINGS.max_body_bytes, max_concurrency=math.ceil(SETTINGS.max_concurrency / SETTINGS.workers),
+    timeout_s=SETTINGS.timeout_s, read_timeout_s=SETTINGS.read_timeout_s,
+    retry_after_s=max(1, math.ceil(SETTINGS.max_latency_ms / 1000))),
+    fields={"/generate": _params(GAN.inner.generate), "/interpolate": _params(GAN.inner.interpolate)},
+    openapi=functools.cache(lambda: honest_openapi(GAN.openapi_spec.asdict())))
+install_header_deadline(SETTINGS.read_timeout_s)

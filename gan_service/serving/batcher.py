@@ -12,53 +12,92 @@ in flight). Here the batch is formed in the worker that took the request:
   request that does not fit, so a large request is never starved by a stream of small ones.
 - Latency budget: a request still waiting ``max_latency_ms`` after it arrived is answered
   ``Overloaded`` (HTTP 503) instead of being run late.
-- A client that goes away (its awaiting task is cancelled) is skipped; an exception in one engine
-  call fails that call's requests only, and the next batch runs as usual.
+- Stall bound: an engine call still running ``stall_s`` after it started marks the batcher
+  ``stalled``: every queued request, and every new one until the call returns, is answered
+  ``EngineStalled`` (503) at once instead of waiting for it (the call itself cannot be interrupted).
+- A client that goes away (its awaiting task is cancelled) leaves the queue at once; ``run`` returns one
+  outcome per request, so a request that fails alone fails only itself; an exception raised by ``run``
+  fails that call's requests only, and the next batch runs as usual.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Any
 
 
 class Overloaded(RuntimeError):
-    """The request waited longer than the batching latency budget; the client should retry."""
+    """The server cannot serve the request now; the client should retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+
+
+class EngineStalled(Overloaded):
+    """The engine call in progress has run past the stall bound."""
 
 
 @dataclass
 class _Pending:
-    rows: np.ndarray
+    work: Any
+    size: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
 
 
 class MicroBatcher:
-    """``await submit(rows)`` -> ``run(rows)``'s output for those rows; ``run`` sees merged batches."""
+    """``await submit(work, size)`` -> ``run``'s outcome for that work; ``run`` gets merged batches: a list of works
+    (at most ``max_batch_size`` rows in all, or one larger request alone) and returns one result or exception each."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_ms: float,
-                 merge: bool = True):
+    def __init__(self, run: Callable[[list], list], max_batch_size: int, max_latency_ms: float, merge: bool = True,
+                 stall_s: float | None = None):
         self.run, self.max_batch_size, self.budget_s = run, max_batch_size, max_latency_ms / 1000.0
         self.merge = merge                  # False: one request per engine call (batching off)
+        self.stall_s = stall_s              # None: an engine call may run forever unseen
         self._queue: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._busy_since: float | None = None   # monotonic start of the engine call in progress
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")   # one engine call at a time
 
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
-        """Queue rows (one request: 1 .. max_batch_size of them) and wait for their output."""
-        if not 1 <= len(rows) <= self.max_batch_size:
-            raise ValueError(f"a request has 1..{self.max_batch_size} rows, not {len(rows)}")
+    @property
+    def stalled(self) -> bool:
+        """True while an engine call has been running longer than ``stall_s``."""
+        return self.stall_s is not None and self.busy_s() > self.stall_s
+
+    def busy_s(self) -> float:
+        """Seconds the engine call in progress has run (0 when idle)."""
+        return 0.0 if self._busy_since is None else time.monotonic() - self._busy_since
+
+    def queued(self) -> dict:
+        """Requests waiting for the engine, and their rows."""
+        return {"requests": len(self._queue), "rows": sum(p.size for p in self._queue)}
+
+    async def submit(self, work, size: int):
+        """Queue one request of ``size`` rows and wait for its outcome (raised when it is an exception)."""
+        if size < 1:
+            raise ValueError(f"a request has at least one row, not {size}")
+        if self.stalled:
+            raise self._stall_error()
         self._start()
-        pending = _Pending(rows, asyncio.get_running_loop().create_future())
+        pending = _Pending(work, size, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
+        pending.future.add_done_callback(lambda _: self._leave(pending))
         self._wake.set()
         return await pending.future
+
+    def _leave(self, pending: _Pending) -> None:
+        """A request answered while queued (cancelled, expired, stalled) gives its place back at once."""
+        try:
+            self._queue.remove(pending)
+        except ValueError:                  # already taken into a batch
+            pass
 
     def _start(self) -> None:
         """Start the batching task on the running loop (first call, or after it died)."""
@@ -76,35 +115,56 @@ class MicroBatcher:
                 await self._run(batch)
 
     def _take(self) -> list[_Pending]:
-        """The next batch: waiting requests in arrival order while their rows fit; expired ones get Overloaded."""
+        """The next batch: waiting requests in arrival order while their rows fit (a larger one alone); expired
+        ones get Overloaded."""
         batch, size, now = [], 0, time.monotonic()
-        while self._queue and size + len(self._queue[0].rows) <= self.max_batch_size:
-            pending = self._queue.popleft()
-            if pending.future.done():                       # the client went away
+        while self._queue:
+            pending = self._queue[0]
+            if pending.future.done():                       # cancelled: its callback has not removed it yet
+                self._queue.popleft()
                 continue
             if now - pending.arrived > self.budget_s:
+                self._queue.popleft()
                 pending.future.set_exception(Overloaded(
                     f"waited {1000 * (now - pending.arrived):.0f} ms for the engine, past the "
-                    f"{1000 * self.budget_s:.0f} ms batching budget (server overloaded); retry"))
+                    f"{1000 * self.budget_s:.0f} ms batching budget (server overloaded); retry", self.budget_s))
                 continue
-            batch.append(pending)
-            size += len(pending.rows)
-            if not self.merge:
+            if batch and size + pending.size > self.max_batch_size:
+                break
+            batch.append(self._queue.popleft())
+            size += pending.size
+            if not self.merge or size >= self.max_batch_size:
                 break
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
-        """One engine call in the engine thread; its output (or its exception) goes to each request."""
-        rows = np.concatenate([p.rows for p in batch]) if len(batch) > 1 else batch[0].rows
+        """One engine call in the engine thread; each request gets its own outcome (or the call's exception)."""
+        loop = asyncio.get_running_loop()
+        self._busy_since = time.monotonic()
+        watchdog = loop.call_later(self.stall_s, self._stall) if self.stall_s is not None else None
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self._pool, self.run, rows)
+            outcomes = await loop.run_in_executor(self._pool, self.run, [p.work for p in batch])
         except Exception as exc:          # noqa: BLE001 - handed to the requests of this batch only
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
-        start = 0
-        for p in batch:
-            if not p.future.done():
-                p.future.set_result(out[start:start + len(p.rows)])
-            start += len(p.rows)
+            outcomes = [exc] * len(batch)
+        finally:
+            self._busy_since = None
+            if watchdog is not None:
+                watchdog.cancel()
+        for p, outcome in zip(batch, outcomes):
+            if p.future.done():                             # the client went away meanwhile
+                continue
+            if isinstance(outcome, BaseException):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+
+    def _stall(self) -> None:
+        """The engine call has run past stall_s: answer every queued request now (new ones are refused in submit)."""
+        while self._queue:
+            future = self._queue.popleft().future
+            if not future.done():
+                future.set_exception(self._stall_error())
+
+    def _stall_error(self) -> EngineStalled:
+        return EngineStalled(f"engine stalled: its call in progress has run {self.busy_s():.1f} s, past the "
+                             f"{self.stall_s:g} s bound (engine_stall_s; server not ready); retry", self.stall_s)

@@ -1,17 +1,22 @@
 """One onnxruntime session per model: provider choice and fallback, warm-up, latents in, uint8 images out.
 
 No torch here. The exported graph already does tanh -> [0, 255] rounding and NCHW -> NHWC, so
-``Engine.generate`` returns exactly the bytes the service encodes.
+``Engine.generate`` returns exactly the bytes the service encodes. The engine reads a graph file once, checks
+those bytes against the manifest's sha256 and hands the same bytes to onnxruntime (a file swapped after
+verification is refused, never run), then checks the session's inputs and outputs against the manifest
+(``ModelDirError`` naming what differs: such a model is refused at start-up instead of failing every request).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from gan_service.core.onnx_runtime import CUDA, PROVIDERS, available_providers, ort_session
-from gan_service.serving.modeldir import ModelDir
+from gan_service.serving.modeldir import MANIFEST, ModelDir, ModelDirError
 
 log = logging.getLogger("gan.engine")
 
@@ -64,12 +69,15 @@ class Engine:
             log.info("%s: running on CPUExecutionProvider (%s)", model.name, why_cpu)
         self.provider = self.session.get_providers()[0]
         self.input_names = {i.name for i in self.session.get_inputs()}
+        check_graph(self.session, model, self.model_file)
 
-    def _open(self, path, provider: str):
-        """A session on ``path`` (CPU behind CUDA as onnxruntime's own fallback); remembers which file it runs."""
+    def _open(self, path: Path, provider: str):
+        """A session on ``path``'s verified bytes (CPU behind CUDA as onnxruntime's own fallback); remembers which
+        file it runs."""
         self.model_file = path.name
+        graph = verified_bytes(self.model, path)
         # Idle engine threads sleep instead of spinning: the same cores serve HTTP and encode images.
-        return ort_session(path, provider, threads=self.options.intra_op_threads, fallback_cpu=True, spinning=False)
+        return ort_session(graph, provider, threads=self.options.intra_op_threads, fallback_cpu=True, spinning=False)
 
     def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """z float32 [N, latent_dim] (+ labels int64 [N]) -> uint8 images [N, H, W, C]."""
@@ -86,3 +94,43 @@ class Engine:
             z = np.zeros((n, self.model.latent_dim), np.float32)
             labels = np.zeros(n, np.int64) if self.model.num_classes else None
             self.generate(z, labels)
+
+
+def verified_bytes(model: ModelDir, path: Path) -> bytes:
+    """The file's bytes, read once, if their sha256 is the manifest's; else ModelDirError (changed since loaded)."""
+    data = path.read_bytes()
+    want = model.files.get(path.name, {}).get("sha256")
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise ModelDirError(f"{path}: sha256 {got[:16]}... is not the {MANIFEST} entry ({str(want)[:16]}...): the "
+                            "file changed after the directory was verified; it is not run")
+    return data
+
+
+def check_graph(session, model: ModelDir, file: str) -> None:
+    """The session's inputs and outputs must be what the manifest describes (names, element types, fixed sizes)."""
+    want_inputs = {"z": ("tensor(float)", [None, model.latent_dim], "latent_dim")}
+    if model.num_classes:
+        want_inputs["label"] = ("tensor(int64)", [None], "num_classes")
+    want_outputs = {"image": ("tensor(uint8)", [None, *model.image_shape], "image_shape")}
+    problems = (_differences("input", session.get_inputs(), want_inputs, f"num_classes {model.num_classes}")
+                + _differences("output", session.get_outputs(), want_outputs, "outputs"))
+    if problems:
+        raise ModelDirError(f"{model.path}: {file} does not match {MANIFEST}: " + "; ".join(problems))
+
+
+def _differences(kind: str, got, want: dict[str, tuple[str, list, str]], why: str) -> list[str]:
+    """What differs between onnxruntime's NodeArgs and {name: (type, shape, manifest key)}; None and symbolic sizes
+    match any size."""
+    names = [arg.name for arg in got]
+    if sorted(names) != sorted(want):
+        return [f"the graph's {kind}s are {names}, the manifest ({why}) describes {list(want)}"]
+    problems = []
+    for arg in got:
+        typ, shape, key = want[arg.name]
+        sizes_differ = len(arg.shape) != len(shape) or any(
+            w is not None and isinstance(g, int) and g != w for g, w in zip(arg.shape, shape))
+        if arg.type != typ or sizes_differ:
+            problems.append(f"{kind} {arg.name!r} is {arg.type} {arg.shape}, the manifest's {key} makes it {typ} "
+                            f"{['batch' if w is None else w for w in shape]}")
+    return problems

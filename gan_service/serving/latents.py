@@ -43,7 +43,13 @@ def truncation_bound(psi: float) -> float:
     """|z_j| bound for truncation psi: the central psi of N(0, 1)'s mass (psi = 1: no bound)."""
     if not 0.0 < psi <= 1.0:
         raise ValueError("truncation must be in (0, 1]")
-    return math.inf if psi >= 1.0 else NormalDist().inv_cdf(0.5 + psi / 2.0)
+    if psi >= 1.0:
+        return math.inf
+    upper = 0.5 + psi / 2.0
+    if upper < 1.0:                  # the formula of every bound served so far (kept bit for bit)
+        return NormalDist().inv_cdf(upper)
+    # psi within 2**-53 of 1: 0.5 + psi / 2 rounds to 1.0; the lower tail (1 - psi) / 2 is still exact
+    return -NormalDist().inv_cdf((1.0 - psi) / 2.0)
 
 
 def _box_muller(raw: np.ndarray, latent_dim: int) -> np.ndarray:

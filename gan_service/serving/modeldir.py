@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,10 @@ class ModelDirError(ValueError):
 class LabelError(ValueError):
     """A class label (name or id) that the model does not have."""
 
+
+# A model name goes into HTTP headers (X-Model), file names inside ZIP answers and log lines: a plain ASCII token.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DECIMAL_ID = re.compile(r"-?[0-9]{1,18}")      # a class id given as text: ASCII digits only (int() takes far more)
 
 # Required manifest keys and their JSON types (bool is excluded from int checks below).
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -86,16 +91,17 @@ class ModelDir:
 
     def label_index(self, label: int | str) -> int:
         """A class id (int or decimal string) or class name (exact, then case-insensitive) -> class id."""
+        shown = _shown(label)
         if not self.conditional:
-            raise LabelError(f"label {label!r}: model {self.name!r} is unconditional and takes no labels")
+            raise LabelError(f"label {shown}: model {self.name!r} is unconditional and takes no labels")
         if isinstance(label, bool):
-            raise LabelError(f"label {label!r}: not a class id or name")
-        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+            raise LabelError(f"label {shown}: not a class id or name")
+        if isinstance(label, str) and DECIMAL_ID.fullmatch(label.strip()):
             label = int(label.strip())
         if isinstance(label, int):
             if 0 <= label < self.num_classes:
                 return label
-            raise LabelError(f"label {label}: class ids of model {self.name!r} are 0..{self.num_classes - 1}")
+            raise LabelError(f"label {shown}: class ids of model {self.name!r} are 0..{self.num_classes - 1}")
         if isinstance(label, str):
             if label in self.class_names:
                 return self.class_names.index(label)
@@ -103,9 +109,18 @@ class ModelDir:
             if label.casefold() in folded:
                 return folded.index(label.casefold())
             names = ", ".join(repr(c) for c in self.class_names) or "(none: use ids)"
-            raise LabelError(f"label {label!r}: not a class of model {self.name!r}; "
+            raise LabelError(f"label {shown}: not a class of model {self.name!r}; "
                              f"use an id 0..{self.num_classes - 1} or one of {names}")
-        raise LabelError(f"label {label!r}: must be a class id (int) or a class name (str)")
+        raise LabelError(f"label {shown}: must be a class id (int) or a class name (str)")
+
+
+def _shown(value, limit: int = 60) -> str:
+    """repr(value), cut to ``limit`` characters: an error message quotes what it refused, not a whole request."""
+    try:
+        text = repr(value)
+    except ValueError:                   # an int past Python's 4300-digit str() limit
+        text = f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _fail(where: Path, msg: str) -> ModelDirError:
@@ -123,6 +138,9 @@ def validate_manifest(manifest: dict, where: Path | str = MANIFEST) -> None:
         value = manifest[key]
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise _fail(where, f"key {key!r} must be of type {typ.__name__}, got {type(value).__name__}")
+    if not NAME_PATTERN.fullmatch(manifest["name"]):
+        raise _fail(where, f"key 'name': {_shown(manifest['name'])} is not a model name (1-128 of A-Z a-z 0-9 . _ -, "
+                           "starting with a letter or digit)")
     if manifest["format_version"] != FORMAT_VERSION:
         raise _fail(where, f"key 'format_version': {manifest['format_version']} is not the supported {FORMAT_VERSION}")
     if manifest["latent_dim"] < 1:

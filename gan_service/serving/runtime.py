@@ -2,8 +2,10 @@
 
 It takes work as *rows* (model, seed, index, label, truncation) rather than latents, and makes
 the latents itself with ``serving.latents``: an image is then a pure function of its row, however
-the micro-batcher (serving/batcher.py) groups rows from different clients into one ``render`` call.
-The sampler calls ``render`` directly, shard by shard.
+the micro-batcher (serving/batcher.py) groups requests from different clients into one
+``render_requests`` call (latents made per request, so a request that cannot be prepared fails alone;
+then one engine call per model). An ``Interpolation`` (frames between two latents) is one more kind of
+request in the same calls. The sampler calls ``render`` directly, shard by shard.
 """
 from __future__ import annotations
 
@@ -54,11 +56,22 @@ class BatchStats:
                     "max_rows": max(self.sizes, default=0), "histogram": {str(k): v for k, v in sorted(self.sizes.items())}}
 
 
+@dataclass(frozen=True)
+class Interpolation:
+    """A request for ``steps`` frames along the great circle between the latents (seed, index) of two ``ends``."""
+    model_id: int
+    ends: tuple[tuple[int, int], tuple[int, int]]
+    label: int                      # the class of every frame (ignored by unconditional models)
+    steps: int
+    truncation: float
+
+
 class ModelRuntime:
     """Loads and warms every configured model; a model that fails verification keeps the runtime not-ready."""
 
     def __init__(self, settings: ServeSettings, warmup: bool = True, loaded: list[ModelDir] | None = None):
-        """loaded: model directories the caller has already loaded and verified (instead of settings.models)."""
+        """loaded: model directories the caller has already loaded and verified (instead of settings.models); a
+        graph that does not match its manifest then raises ModelDirError instead of leaving the runtime not ready."""
         self.settings = settings
         self.models: list[ModelDir] = []
         self.engines: list[Engine] = []
@@ -69,11 +82,13 @@ class ModelRuntime:
         for ref in loaded or settings.models:
             try:
                 model = ref if isinstance(ref, ModelDir) else load_model_dir(settings.resolve_model(ref))
+                engine = Engine(model, options)  # EngineError (e.g. require_gpu without GPU) stops start-up
             except ModelDirError as exc:
+                if loaded:
+                    raise
                 log.error("model %s failed to load (not ready): %s", ref, exc)
                 self.errors[ref] = str(exc)
                 continue
-            engine = Engine(model, options)      # EngineError (e.g. require_gpu without GPU) stops start-up
             if warmup:
                 engine.warmup(settings.bucket_sizes())
             log.info("model %s ready on %s (%s)%s", model.name, engine.provider, engine.model_file,
@@ -133,13 +148,53 @@ class ModelRuntime:
             out[mask, : images[0].size] = images.reshape(len(images), -1)
         return out
 
+    def interpolation_latents(self, work: Interpolation) -> tuple[np.ndarray, np.ndarray | None]:
+        """z [steps, d] and labels [steps] of an interpolation request."""
+        model = self.models[work.model_id]
+        za, zb = (latents(seed, index, 1, model.latent_dim, work.truncation)[0] for seed, index in work.ends)
+        z = slerp(za, zb, np.linspace(0.0, 1.0, work.steps)).astype(np.float32)   # [steps, d]
+        return z, np.full(work.steps, work.label, np.int64) if model.num_classes else None
+
     def interpolate(self, model_id: int, ends: list[tuple[int, int]], label: int, steps: int, truncation: float):
         """Frames uint8 [steps, H, W, C] along the great circle between two (seed, index) latents."""
-        model = self.models[model_id]
-        za, zb = (latents(seed, index, 1, model.latent_dim, truncation)[0] for seed, index in ends)
-        z = slerp(za, zb, np.linspace(0.0, 1.0, steps)).astype(np.float32)   # [steps, d]
-        labels = np.full(steps, label, np.int64) if model.num_classes else None
+        z, labels = self.interpolation_latents(Interpolation(model_id, tuple(map(tuple, ends)), label, steps,
+                                                             truncation))
         return self._run(model_id, z, labels)
+
+    def _prepare(self, work) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """(model id, z, labels) of one request: rows of one model, or an Interpolation."""
+        if isinstance(work, Interpolation):
+            return (work.model_id, *self.interpolation_latents(work))
+        model_id = int(work[0, COL_MODEL])
+        if not 0 <= model_id < len(self.models) or (work[:, COL_MODEL] != model_id).any():
+            raise ValueError("a request's rows must all name one loaded model")
+        return (model_id, *self.latents_for(model_id, work))
+
+    def render_requests(self, works: list) -> list:
+        """Each request's images uint8 [n, H, W, C], or the exception it alone raised: latents are made request by
+        request, then one engine call per model serves all of that model's requests (its failure fails those)."""
+        outcomes: list = [None] * len(works)
+        groups: dict[int, list[tuple[int, np.ndarray, np.ndarray | None]]] = {}
+        for i, work in enumerate(works):
+            try:
+                model_id, z, labels = self._prepare(work)
+            except Exception as exc:             # noqa: BLE001 - this request's own fault, answered to it alone
+                outcomes[i] = exc
+                continue
+            groups.setdefault(model_id, []).append((i, z, labels))
+        if groups:
+            self.stats.add(sum(len(z) for members in groups.values() for _, z, _ in members))
+        for model_id, members in groups.items():
+            labels = None if members[0][2] is None else np.concatenate([m[2] for m in members])
+            try:
+                images = self._run(model_id, np.concatenate([m[1] for m in members]), labels)
+            except Exception as exc:             # noqa: BLE001 - fails this model's requests only
+                images = exc
+            start = 0
+            for i, z, _ in members:
+                outcomes[i] = images if isinstance(images, Exception) else images[start:start + len(z)]
+                start += len(z)
+        return outcomes
 
     def describe(self) -> dict:
         return {

@@ -37,7 +37,18 @@ class ServeSettings(BaseModel):
                                                    "those shapes are ever run (and warmed up); the CPU runs any "
                                                    "size unpadded")
     max_concurrency: int = Field(256, ge=1, description="requests in flight before clients get 429")
-    timeout_s: float = Field(30.0, gt=0, description="per-request time limit; past it clients get 504")
+    timeout_s: float = Field(30.0, gt=0, description="per-request time limit, from the request's headers to the "
+                                                   "start of its answer; past it clients get 504")
+    read_timeout_s: float | None = Field(None, gt=0, description="most seconds a client may take to send its request "
+                                                                 "headers (from connecting, or from the first byte of "
+                                                                 "a next request on a kept-alive connection) and, "
+                                                                 "again, its body; past it the client gets 408 and the "
+                                                                 "connection is closed. Below timeout_s; default "
+                                                                 "timeout_s / 3")
+    engine_stall_s: float | None = Field(None, gt=0, description="an engine call still running this long marks the "
+                                                                 "server not ready (/readyz 503) and answers every "
+                                                                 "waiting and new request 503 until the call "
+                                                                 "returns. Below timeout_s; default timeout_s / 3")
     max_body_bytes: int = Field(65536, ge=256, description="largest accepted request body; larger gets 413")
     max_steps: int = Field(64, ge=2, description="most frames one /interpolate request may ask for")
     workers: int = Field(1, ge=1, description="worker processes; each loads every model and batches on its own")
@@ -60,6 +71,11 @@ class ServeSettings(BaseModel):
             raise ValueError("models: at least one model is needed")
         if self.max_n > self.max_batch_size:
             raise ValueError("max_n must not exceed max_batch_size (one request is never split)")
+        for name in ("read_timeout_s", "engine_stall_s"):
+            if getattr(self, name) is None:
+                setattr(self, name, self.timeout_s / 3)
+            elif getattr(self, name) >= self.timeout_s:
+                raise ValueError(f"{name} must be below timeout_s ({self.timeout_s:g})")
         return self
 
     def resolve_model(self, ref: str) -> str:
