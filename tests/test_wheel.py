@@ -17,6 +17,7 @@ from conftest import free_port
 REPO = Path(__file__).resolve().parents[1]
 # The tests that need neither torch nor the dataset: the service, the sampler, the web page, the API contract.
 TORCH_FREE_TESTS = ["test_service.py", "test_sampler.py", "test_web.py", "test_contract.py", "test_serving_batcher.py",
+                    "test_transport.py", "test_guard.py", "test_fuzz.py", "test_http_bound.py",
                     "test_serving_overload.py", "test_serving_bench.py"]
 TEST_TOOLS = ["pytest>=8", "pytest-timeout>=2.3", "selenium>=4.20", "hypothesis>=6"]
 

@@ -6,6 +6,8 @@ The directory holds:
   generator.fp16.onnx   the same graph with fp16 weights and arithmetic; z float32 in, uint8 out, and the
                         final tanh + rounding kept in fp32 (training/fp16.py); written only when at least one
                         onnxruntime provider here ran it and it passed the check (training/export_checks.py)
+  generator.int8.onnx   with --int8 only: static int8 (QDQ) of generator.onnx, written only when it passes the
+                        quality gate against it (training/quantize.py, as ``gan quantize``)
   samples.png           a fixed-seed grid rendered by generator.onnx through onnxruntime (training/model_samples.py)
   manifest.json         everything the service needs, and the sha256 + size of every other file
 
@@ -46,7 +48,8 @@ def _stderr(msg: str) -> None:
 
 def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | Path = "models", opset: int = 17,
                  fp16: bool = True, ema: bool = True, to_bentoml: bool = False, command: str = "",
-                 log=None) -> Path:
+                 log=None, int8: bool = False, int8_samples: int | None = None,
+                 int8_calibration: int | None = None) -> Path:
     """Export a checkpoint (file, run directory or loaded Checkpoint) to ``out_dir/name/``; return that path."""
     log = log or _stderr
     final = _destination(out_dir, name)
@@ -60,6 +63,8 @@ def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | 
     try:
         log(f"export: {ck.path} (step {ck.step}, {'EMA generator' if use_ema else 'G'}) -> ONNX opset {opset}")
         checks = _write_model_files(tmp, ck, served, opset, fp16, log)
+        checks["int8"] = (int8_check(tmp, served.latent_dim, served.num_classes, log, int8_samples, int8_calibration)
+                          if int8 else {"exported": False, "reason": "not asked (gan export --int8)"})
         manifest = build_manifest(ck, served, name, opset, use_ema, ema, checks, command)
         manifest["files"] = {p.name: file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MANIFEST}
         validate_manifest(manifest, tmp / MANIFEST)
@@ -138,6 +143,23 @@ def _write_fp16(tmp: Path, model, generator, latent_dim: int, num_classes: int, 
             "Tanh and uint8 rounding in fp32", **check}
 
 
+def int8_check(tmp: Path, latent_dim: int, num_classes: int, log, samples: int | None = None,
+               calibration: int | None = None) -> dict:
+    """generator.int8.onnx into tmp when it passes the gate (training/quantize.py); its manifest record. An int8
+    graph that cannot be checked here (no Fashion-MNIST or evaluation classifier) is not written, and the
+    record says why; the export itself goes on."""
+    from gan_service.training import quantize as Q
+
+    try:
+        record = Q.build_int8(tmp / ONNX_FILE, latent_dim, num_classes, tmp / Q.INT8_FILE,
+                              calibration or Q.DEFAULT_CALIBRATION, samples or Q.DEFAULT_SAMPLES, log=log)
+    except Q.QuantizeError as exc:
+        log(f"export: {Q.INT8_FILE} not written: {exc}")
+        return {"exported": False, "reason": str(exc)}
+    log(f"export: {Q.INT8_FILE} " + ("written" if record["exported"] else f"not written: {record['reason']}"))
+    return record
+
+
 def _class_names(ck: Checkpoint, k: int) -> list[str]:
     """The checkpoint's class names, or "0".."K-1" when it has none (or a wrong number) for a served K-class model
     (none for an unconditional one, self-conditioned ones included)."""
@@ -188,7 +210,7 @@ def build_manifest(ck: Checkpoint, served: ServedGenerator, name: str, opset: in
                      "rounding": "clip(floor((tanh_out + 1) * 127.5 + 0.5), 0, 255)"}],
         "exporter": {"method": "torch.export.export(strict=True) -> torch.onnx.export(dynamo=True)",
                      "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-        "parity": checks["parity"], "fp16": checks["fp16"],
+        "parity": checks["parity"], "fp16": checks["fp16"], "int8": checks.get("int8", {"exported": False}),
         "samples": {"file": SAMPLES_FILE, "model": ONNX_FILE, **checks["samples"]},
         **_self_conditioning(ck), "metrics": {}, "command": command,
         "training": {"steps": ck.step, "command": train_command(cfg), **training_time(ck), "config": cfg.to_dict()},
