@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from gan_service.core.onnx_runtime import PROVIDERS
+from gan_service.core.onnx_runtime import PRECISIONS, PROVIDERS
 
 
 class CLIError(Exception):
@@ -203,6 +203,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=3000, help="port (default: 3000)")
     p.add_argument("--provider", choices=PROVIDERS, help="onnxruntime provider (default: auto)")
     p.add_argument("--require-gpu", action="store_true", help="fail at start-up when CUDA is not available")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="which graph runs: auto (fp16 on CUDA; int8 on a CPU with AVX2/VNNI when the model has a "
+                        "checked int8 graph; else fp32), fp32, fp16 (CUDA) or int8 (CPU) (default: auto)")
     p.add_argument("--max-batch-size", type=int, help="micro-batching: most images per merged engine call (default: 256)")
     p.add_argument("--max-latency-ms", type=int, help="micro-batching budget: a request still waiting for the engine "
                                                       "this long gets 503 (default: 1000)")
@@ -214,7 +217,7 @@ def cmd_serve(args) -> int:
     import os
 
     env = {"BENTOML_DO_NOT_TRACK": "true", **os.environ}      # no usage tracking unless the user turns it on
-    for name in ("models", "provider", "max_batch_size", "max_latency_ms", "max_concurrency"):
+    for name in ("models", "provider", "precision", "max_batch_size", "max_latency_ms", "max_concurrency"):
         value = getattr(args, name)
         if value is not None:
             if isinstance(value, int) and value < 1:

@@ -7,6 +7,7 @@ from pathlib import Path
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 PROVIDER_NAMES = {"cpu": CPU, "cuda": CUDA}
 PROVIDERS = ("auto", *PROVIDER_NAMES)      # what users choose: auto = CUDA when a session really runs on it
+PRECISIONS = ("auto", "fp32", "fp16", "int8")   # which graph of a model runs (serving.engine decides auto)
 
 
 def provider_name(provider: str) -> str:
@@ -41,6 +42,7 @@ def ort_session(path: str | Path | bytes, provider: str = "cpu", threads: int | 
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)      # onnxruntime-gpu without a GPU prints its CUDA load errors otherwise
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:

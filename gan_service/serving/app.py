@@ -85,7 +85,8 @@ class GAN:
         self.runtime = ModelRuntime(SETTINGS)
         self._described: list[dict] | None = None
         for model, engine in zip(self.runtime.models, self.runtime.engines):
-            log.info("model %s runs on %s (%s)", model.name, engine.provider, engine.model_file)
+            log.info("model %s runs on %s, precision %s (%s)%s", model.name, engine.provider, engine.precision,
+                     engine.model_file, f"; on the CPU because {engine.why}" if engine.why else "")
         self.batcher = MicroBatcher(self._render_requests, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
                                     merge=SETTINGS.batching, stall_s=SETTINGS.engine_stall_s)
 

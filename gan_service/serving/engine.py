@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gan_service.core.onnx_runtime import CUDA, PROVIDERS, available_providers, ort_session
+from gan_service.core.cpu_features import int8_pays
+from gan_service.core.onnx_runtime import CUDA, PRECISIONS, PROVIDERS, available_providers, ort_session
 from gan_service.serving.modeldir import MANIFEST, ModelDir, ModelDirError
 
 log = logging.getLogger("gan.engine")
@@ -29,7 +30,7 @@ class EngineError(RuntimeError):
 class EngineOptions:
     provider: str = "auto"        # auto: CUDA when a session really runs on it, else CPU (one log line says why)
     require_gpu: bool = False     # no CUDA session is a start-up error instead of a CPU fallback
-    fp16: bool = True             # use generator.fp16.onnx on the GPU when the model directory has one
+    precision: str = "auto"       # auto | fp32 | fp16 | int8: which graph runs (choose_graph)
     intra_op_threads: int = 0     # onnxruntime CPU threads (0 = its default: one per core)
 
 
@@ -43,6 +44,8 @@ class Engine:
         want = self.options.provider
         if want not in PROVIDERS:
             raise EngineError(f"provider must be one of {PROVIDERS}, not {want!r}")
+        if self.options.precision not in PRECISIONS:
+            raise EngineError(f"precision must be one of {PRECISIONS}, not {self.options.precision!r}")
         strict = want == "cuda" or self.options.require_gpu      # no CUDA session is an error, not a fallback
         if want != "cpu" and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu wheels find the CUDA/cuDNN libraries of the nvidia-* pip packages only after this.
@@ -52,9 +55,9 @@ class Engine:
             raise EngineError(f"{model.name}: CUDAExecutionProvider is not available in onnxruntime ({listed}); "
                               "install the gpu extra (onnxruntime-gpu) or use provider=cpu")
         self.session, why_cpu = None, "provider=cpu"
-        if want != "cpu" and CUDA in listed:
-            self.session = self._open(model.fp16_path if self.options.fp16 and model.fp16_path else model.onnx_path,
-                                      "cuda")
+        if want != "cpu" and CUDA in listed and (strict or self.options.precision != "int8"):
+            self.precision, path = choose_graph(model, "cuda", self.options.precision)
+            self.session = self._open(path, "cuda")
             got = self.session.get_providers()
             if got[0] != CUDA:
                 # onnxruntime-gpu lists CUDA even with no GPU or driver; the session then silently runs on the CPU.
@@ -64,10 +67,11 @@ class Engine:
                 self.session, why_cpu = None, "onnxruntime lists CUDA but no session can use it (no GPU or driver)"
         elif want != "cpu":
             why_cpu = "no CUDA provider in this onnxruntime"
-        if self.session is None:                          # the CPU runs the fp32 graph, never the fp16 one
-            self.session = self._open(model.onnx_path, "cpu")
-            log.info("%s: running on CPUExecutionProvider (%s)", model.name, why_cpu)
+        if self.session is None:                          # the CPU runs the fp32 or int8 graph, never the fp16 one
+            self.precision, path = choose_graph(model, "cpu", self.options.precision)
+            self.session = self._open(path, "cpu")
         self.provider = self.session.get_providers()[0]
+        self.why = None if self.provider == CUDA else why_cpu     # the start-up log line says why it runs on the CPU
         self.input_names = {i.name for i in self.session.get_inputs()}
         check_graph(self.session, model, self.model_file)
 
@@ -94,6 +98,27 @@ class Engine:
             z = np.zeros((n, self.model.latent_dim), np.float32)
             labels = np.zeros(n, np.int64) if self.model.num_classes else None
             self.generate(z, labels)
+
+
+def choose_graph(model: ModelDir, provider: str, precision: str) -> tuple[str, Path]:
+    """(precision, graph file) for a session on ``provider`` ("cpu" or "cuda"). auto: fp16 on CUDA when the model
+    has the graph; int8 on the CPU when the model has a checked int8 graph and the CPU gains from it
+    (core.cpu_features.int8_pays); else fp32. An explicit precision the model or provider cannot run is an error."""
+    graphs = {"fp32": model.onnx_path, "fp16": model.fp16_path, "int8": model.int8_path}
+    if precision == "auto":
+        if provider == "cuda":
+            precision = "fp16" if model.fp16_path else "fp32"
+        else:
+            precision = "int8" if model.int8_path and int8_pays() else "fp32"
+    if precision == "fp16" and provider != "cuda":
+        raise EngineError(f"{model.name}: precision fp16 runs on CUDA only (this session is on the CPU); use "
+                          "precision auto, fp32 or int8")
+    if precision == "int8" and provider != "cpu":
+        raise EngineError(f"{model.name}: precision int8 runs on the CPU only; use provider=cpu")
+    if graphs[precision] is None:
+        raise EngineError(f"{model.name}: precision {precision} asked for, but the model directory has no checked "
+                          f"{precision} graph (`gan quantize` adds int8, `gan export` fp16); use precision auto")
+    return precision, graphs[precision]
 
 
 def verified_bytes(model: ModelDir, path: Path) -> bytes:

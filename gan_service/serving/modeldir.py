@@ -19,6 +19,7 @@ from gan_service.core.atomic import atomic_write
 MANIFEST = "manifest.json"
 ONNX_FILE = "generator.onnx"
 FP16_FILE = "generator.fp16.onnx"
+INT8_FILE = "generator.int8.onnx"        # written only when its quality gate passed
 FORMAT_VERSION = 1
 
 
@@ -76,6 +77,7 @@ class ModelDir:
     image_shape: tuple[int, int, int]          # (H, W, C)
     onnx_path: Path
     fp16_path: Path | None = None
+    int8_path: Path | None = None              # a checked int8 graph (manifest int8.passed)
     version: str = ""
     tag: str | None = None                     # the BentoML tag it was resolved from, if any
     files: dict = field(default_factory=dict)
@@ -237,6 +239,7 @@ def load_model_dir(path_or_tag: str | Path) -> ModelDir:
         path=path, manifest=manifest, name=manifest["name"], latent_dim=manifest["latent_dim"],
         num_classes=manifest["num_classes"], class_names=list(manifest["class_names"]), image_shape=(h, w, c),
         onnx_path=path / ONNX_FILE, fp16_path=path / FP16_FILE if FP16_FILE in files else None,
+        int8_path=path / INT8_FILE if INT8_FILE in files and (manifest.get("int8") or {}).get("passed") else None,
         version=manifest["version"], tag=tag, files=files,
     )
 

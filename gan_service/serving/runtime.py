@@ -77,7 +77,7 @@ class ModelRuntime:
         self.engines: list[Engine] = []
         self.errors: dict[str, str] = {}
         self.stats = BatchStats()
-        options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, fp16=settings.fp16,
+        options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, precision=settings.precision,
                                 intra_op_threads=settings.engine_threads)
         for ref in loaded or settings.models:
             try:
@@ -203,7 +203,7 @@ class ModelRuntime:
             "models": [{"name": m.name, "version": m.version, "tag": m.tag,
                         "latent_dim": m.latent_dim, "num_classes": m.num_classes, "class_names": m.class_names,
                         "image_shape": list(m.image_shape), "sha256": m.sha256,
-                        "provider": e.provider, "model_file": e.model_file,
+                        "provider": e.provider, "precision": e.precision, "model_file": e.model_file,
                         "manifest": public_manifest(m.manifest), "metrics": m.manifest.get("metrics", {})}
                        for m, e in zip(self.models, self.engines)],
             "batching": {"max_batch_size": self.settings.max_batch_size,

@@ -10,7 +10,7 @@ import os
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from gan_service.core.onnx_runtime import PROVIDERS
+from gan_service.core.onnx_runtime import PRECISIONS, PROVIDERS
 from gan_service.core.paths import resolve_shipped
 
 
@@ -26,7 +26,13 @@ class ServeSettings(BaseModel):
     engine_threads: int = Field(1, ge=0, description="onnxruntime CPU threads per model (0: one per core); one "
                                                    "leaves the other cores to HTTP and encoding, and was the "
                                                    "fastest on the 2-core machine of docs/benchmarks.md")
-    fp16: bool = Field(True, description="use generator.fp16.onnx on the GPU when the model has one")
+    precision: str = Field("auto", description="which of a model's graphs runs: auto (fp16 on CUDA when the model "
+                                               "has generator.fp16.onnx; on the CPU int8 when the model has a "
+                                               "checked generator.int8.onnx and the CPU gains from it (AVX2 or "
+                                               "VNNI), else fp32), or fp32 / fp16 (CUDA only) / int8 (CPU only) "
+                                               "explicitly: a model without that graph is then not ready. Image "
+                                               "bytes are fixed within one precision and provider, and differ "
+                                               "between them")
     max_n: int = Field(64, ge=1, description="most images one /generate request may ask for")
     max_batch_size: int = Field(256, ge=1, description="micro-batching: most images per merged engine call")
     max_latency_ms: int = Field(1000, ge=1, description="micro-batching budget: a request still waiting for the "
@@ -57,6 +63,13 @@ class ServeSettings(BaseModel):
     @classmethod
     def _split(cls, v):
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v):
+        if v not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        return v
 
     @field_validator("provider")
     @classmethod

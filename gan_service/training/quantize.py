@@ -40,6 +40,7 @@ from gan_service.core.fmnist import FMNIST_DIR
 from gan_service.core.onnx_runtime import ort_session
 from gan_service.serving.latents import latents
 from gan_service.serving.modeldir import (
+    INT8_FILE,
     ONNX_FILE,
     ModelDirError,
     file_sha256,
@@ -47,7 +48,6 @@ from gan_service.serving.modeldir import (
     write_manifest,
 )
 
-INT8_FILE = "generator.int8.onnx"
 CALIBRATION_SEED = 1             # the service's seed 1, indices 0..N-1 (the gate uses seed 0: unseen latents)
 MIN_CALIBRATION, DEFAULT_CALIBRATION = 512, 1024
 CALIBRATION_BATCH = 128
