@@ -24,6 +24,7 @@ def test_card_carries_the_numbers_of_metrics_json_and_the_history_when_given():
     for view in ("classifier", "robust", "pixels_pca"):
         assert f"{metrics['metrics']['views'][view]['fd']:.4g}"[:4] in card, view
     assert "- history: resumed once" in card and "- **a failure mode**" in card
+    assert "- recipe: `gan train --preset fmnist-cdcgan`" in card            # the model's own preset
     assert "history" not in _model_card().render(SHIPPED, "- x")
 
 

@@ -640,3 +640,16 @@ def test_bench_train_rejects_bad_flags_in_one_line(argv, said):
     res = subprocess.run([sys.executable, "-m", "gan_service.cli", "bench", "train", *argv, "--out", os.devnull],
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("name", ["fmnist-cdcgan", "fmnist-dcgan"])
+def test_each_shipped_model_is_made_by_the_preset_of_its_name(name):
+    """The preset with a shipped model's name resolves to the config that trained it (recorded in its manifest),
+    but for where the run was written and the preset's own name; --cpu-amp is the machine's choice."""
+    recorded = json.loads((REPO / "gan_service" / "models" / name / "manifest.json").read_text())["training"]["config"]
+    made = make_config(name, {"cpu_amp": True}).to_dict()
+    for section, fields in recorded.items():
+        if not isinstance(fields, dict):
+            continue
+        differ = {k for k in set(fields) | set(made[section]) if fields.get(k) != made[section].get(k)}
+        assert differ <= ({"name", "out_dir"} if section == "run" else set()), (section, differ)

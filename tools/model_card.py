@@ -28,6 +28,7 @@ def _training(manifest: dict) -> list[str]:
     steps = manifest.get("step")
     minutes = f"{t['wall_time_s'] / 60:.0f} min" if t.get("wall_time_s") else "not recorded"
     return [
+        *_recipe(manifest["name"]),
         f"- training command: `{t.get('command', 'not recorded')}`",
         f"- exported: `{manifest.get('command')}` (step {steps:,} of the run, generator `{manifest['source']['generator']}`)",
         f"- data: Fashion-MNIST {manifest['data']['split']} split (60,000 images, "
@@ -35,6 +36,16 @@ def _training(manifest: dict) -> list[str]:
         f"- images seen by G and D: {steps * batch:,} ({steps:,} steps x batch {batch})" if steps and batch else "",
         f"- wall time to the exported step: {minutes}; machine: {t.get('device') or 'a 2-core CPU'}",
     ]
+
+
+def _recipe(name: str) -> list[str]:
+    """The one command that trains this model again, when a preset carries the model's name."""
+    from gan_service.training.config import PRESETS
+
+    if name not in PRESETS:
+        return []
+    return [f"- recipe: `gan train --preset {name}` (add `--cpu-amp` on a CPU with AVX512-BF16 or AMX); the "
+            "preset holds every setting of the training command below but its output directory and run name"]
 
 
 def _labels_used(manifest: dict) -> str:
