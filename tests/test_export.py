@@ -465,6 +465,8 @@ def test_cli_export_errors(runs, tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "export", str(runs["dcgan"]), "--name", "../x"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2 and "--name" in proc.stderr
+    for bad in ("../x", "my model", "caf\u00e9", "-x"):      # names the service would refuse are refused up front
+        proc = subprocess.run([sys.executable, "-m", "gan_service.cli", "export", str(runs["dcgan"]), "--name", bad],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and "--name" in proc.stderr and "Traceback" not in proc.stderr, bad
+        assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir()), bad

@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 from gan_service.core.atomic import atomic_write, publish_dir
-from gan_service.serving.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, ONNX_FILE, file_entry, load_model_dir,
-                              validate_manifest)
+from gan_service.serving.modeldir import (FORMAT_VERSION, FP16_FILE, MANIFEST, NAME_PATTERN, ONNX_FILE, file_entry,
+                                         load_model_dir, validate_manifest)
 from gan_service.training.bentoml_import import import_to_bentoml
 from gan_service.training.checkpoint import Checkpoint, ServedGenerator, file_sha256, load_checkpoint, training_time
 from gan_service.training.config import train_command
@@ -85,8 +85,9 @@ def export_model(checkpoint: str | Path | Checkpoint, name: str, out_dir: str | 
 
 def _destination(out_dir: str | Path, name: str) -> Path:
     """``out_dir/name``, refused when the name is not a plain directory name or the directory is not empty."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ExportError(f"--name: {name!r} is not a valid directory name")
+    if not NAME_PATTERN.fullmatch(name):          # the model directory loader's own rule for a served name
+        raise ExportError(f"--name: {name!r} is not a valid model name (letters, digits, '.', '_' and '-', starting "
+                          "with a letter or digit, at most 128)")
     final = Path(out_dir) / name
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise ExportError(f"{final}: already exists and is not empty; refusing to overwrite it "
