@@ -205,7 +205,9 @@ def test_http_interpolate_and_info(server):
     info = httpx.get(server.url + "/info").json()
     assert [m["name"] for m in info["models"]] == ["tiny-dc", "tiny-cdc"]
     assert info["models"][0]["provider"] == "CPUExecutionProvider" and info["models"][0]["manifest"]["opset"]
-    assert "model tiny-dc runs on CPUExecutionProvider (generator.onnx)" in server.log()   # one start-up line each
+    # one start-up line each, naming provider, precision and why the CPU (no CUDA provider in this onnxruntime)
+    assert "model tiny-dc runs on CPUExecutionProvider, precision fp32 (generator.onnx); on the CPU because" \
+        in server.log()
     assert info["batching"]["max_batch_size"] == 256 and info["limits"]["max_n"] == 64
     for path in ("/livez", "/readyz"):
         assert httpx.get(server.url + path).status_code == 200

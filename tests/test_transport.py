@@ -131,3 +131,19 @@ def test_http_the_server_cannot_parse_is_400_json(srv, request_bytes):
         data, _ = read_answer(sock)
     status, _, body = parse(data)
     assert status == 400 and set(body) == {"error", "field"}, data
+
+
+@pytest.mark.parametrize("user_agent", [b"\x80\\", b"\xff", b"ok\xc3("])
+def test_header_bytes_that_are_not_utf8_get_a_json_400(server, user_agent):
+    """Found by the fuzz test: BentoML's OpenTelemetry middleware raised on User-Agent b'\\x80\\\\' (plain-text 500)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nUser-Agent: "
+                     + user_agent + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and json.loads(body) == {
+        "error": "header 'user-agent': the value is not UTF-8 text", "field": "headers"}

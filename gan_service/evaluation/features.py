@@ -91,6 +91,8 @@ class InceptionFeatures:
         except Exception as exc:   # onnxruntime raises its own exception types
             raise EvaluationError(f"--inception-weights {path}: onnxruntime cannot load it ({exc})") from exc
         self.input_name = self.session.get_inputs()[0].name
+        from gan_service.serving.modeldir import file_sha256
+
         self.sha256 = file_sha256(self.path)
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:

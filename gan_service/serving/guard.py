@@ -274,6 +274,7 @@ class _HeaderDeadline:
     def connection_made(self, transport) -> None:
         self._deadline, self._partial = None, False
         super().connection_made(transport)
+        self.app = _text_headers_only(self.app)       # this connection's requests, before any middleware
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -317,6 +318,25 @@ class _HeaderDeadline:
             self.transport.write(raw_error(408, "headers", "the request headers did not arrive within "
                                                            f"{self.header_deadline_s:g} s (read_timeout_s)"))
         self.transport.close()
+
+
+def _text_headers_only(app):
+    """Refuse a request whose header values are not UTF-8 text before BentoML's middleware sees it: its
+    OpenTelemetry instrumentation decodes User-Agent and other headers and raises on some byte strings (e.g.
+    ``\\x80\\\\``: not UTF-8, and not a valid ``unicode_escape`` either), which became a plain-text 500."""
+    async def checked(scope, receive, send):
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    if name == b"content-type":
+                        return await reply(send, 415, "content-type", "send the request as application/json, not "
+                                           f"{value.decode('latin-1')!r}")
+                    return await reply(send, 400, "headers", f"header {name.decode('latin-1')!r}: the value is not "
+                                       "UTF-8 text")
+        return await app(scope, receive, send)
+    return checked
 
 
 def install_header_deadline(seconds: float) -> None:
