@@ -78,7 +78,7 @@ class ModelRuntime:
         self.errors: dict[str, str] = {}
         self.stats = BatchStats()
         options = EngineOptions(provider=settings.provider, require_gpu=settings.require_gpu, precision=settings.precision,
-                                intra_op_threads=settings.engine_threads)
+                                intra_op_threads=settings.engine_threads_resolved())
         for ref in loaded or settings.models:
             try:
                 model = ref if isinstance(ref, ModelDir) else load_model_dir(settings.resolve_model(ref))

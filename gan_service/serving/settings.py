@@ -10,6 +10,7 @@ import os
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from gan_service.core.cpus import available_cores, default_engine_threads
 from gan_service.core.onnx_runtime import PRECISIONS, PROVIDERS
 from gan_service.core.paths import resolve_shipped
 
@@ -23,9 +24,11 @@ class ServeSettings(BaseModel):
     provider: str = Field("auto", description="onnxruntime provider: auto (CUDA when a session really runs on "
                                               "it, else the CPU with one log line saying why), cuda or cpu")
     require_gpu: bool = Field(False, description="refuse to start without the CUDA provider")
-    engine_threads: int = Field(1, ge=0, description="onnxruntime CPU threads per model (0: one per core); one "
-                                                   "leaves the other cores to HTTP and encoding, and was the "
-                                                   "fastest on the 2-core machine of docs/benchmarks.md")
+    engine_threads: int | None = Field(None, ge=0, description="onnxruntime CPU threads per model; default: every "
+                                                              "core a worker may use but one, at least 1 "
+                                                              "(core.cpus.default_engine_threads: the other core "
+                                                              "serves HTTP and encodes images); 0: onnxruntime's "
+                                                              "own choice (one per core)")
     precision: str = Field("auto", description="which of a model's graphs runs: auto (fp16 on CUDA when the model "
                                                "has generator.fp16.onnx; on the CPU int8 when the model has a "
                                                "checked generator.int8.onnx and the CPU gains from it (AVX2 or "
@@ -96,6 +99,12 @@ class ServeSettings(BaseModel):
         if ":" in ref and not resolve_shipped(ref).exists():
             return ref
         return str(resolve_shipped(ref))
+
+    def engine_threads_resolved(self) -> int:
+        """engine_threads, or the default rule on the cores one worker may use (available cores / workers)."""
+        if self.engine_threads is not None:
+            return self.engine_threads
+        return default_engine_threads(max(1, available_cores() // self.workers))
 
     def bucket_sizes(self) -> list[int]:
         """Batch sizes the runtime may run: powers of two up to max_batch_size, and max_batch_size itself."""
