@@ -253,6 +253,10 @@ def _sample_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime engine threads (default: 0 = every core this "
                    "process may use); the output bytes do not depend on it")
     p.add_argument("--provider", default="auto", choices=PROVIDERS, help="onnxruntime provider (default: auto)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="which graph runs, as the service's precision setting: auto (fp16 on CUDA, int8 on a CPU "
+                        "that gains from it, when the model has the graph; else fp32), fp32, fp16, int8; recorded in "
+                        "index.json, so a resume runs the same graph (default: auto)")
     p.add_argument("--engine", default="local", choices=["local", "ray"], help="local, or Ray Data actors (default: local)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--verify", metavar="DIR", help="check DIR's completeness and checksums, then exit")
@@ -269,7 +273,7 @@ def cmd_sample(args) -> int:
         if args.count is None or args.out is None:
             raise CLIError("--count and --out are required (or --verify DIR)")
         options = SampleOptions(batch=args.batch, workers=args.workers, threads=args.threads, provider=args.provider,
-                                engine=args.engine, progress=args.progress)
+                                precision=args.precision, engine=args.engine, progress=args.progress)
         summary = sample(args.model, args.count, args.seed, args.out, labels=args.labels, truncation=args.truncation,
                          fmt=args.format, shard_size=args.shard_size, options=options)
     except SampleError as exc:

@@ -488,3 +488,20 @@ def test_classifier_directory_is_verified_by_the_model_directory_loader(tmp_path
     (bad / "classifier.onnx").unlink()
     with pytest.raises(EvaluationError, match="listed in manifest.json but missing"):
         Classifier(bad)
+
+
+def test_crafted_sampler_index_cannot_point_outside_its_directory(tmp_path):
+    """gan evaluate reads a sampler output through the sampler's own index reader: a shard name with '..' is refused."""
+    from gan_service.evaluation.sources import load_source
+    from gan_service.serving.sampler import SampleOptions, sample
+
+    out = tmp_path / "s"
+    sample(str(REPO / "tests" / "data" / "tiny-dc"), 20, 1, out, fmt="npy", shard_size=10,
+           options=SampleOptions(batch=16, workers=1, progress=False))
+    assert load_source(str(out), 20, 0, (28, 28, 1)).images.shape[0] == 20
+    index = json.loads((out / "index.json").read_text())
+    (tmp_path / "secret.npy").write_bytes((out / "shard-00000.npy").read_bytes())
+    index["shards"][0]["name"] = "../secret.npy"
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(EvaluationError, match="damaged index"):
+        load_source(str(out), 20, 0, (28, 28, 1))

@@ -26,18 +26,58 @@ def trained_tiny(tmp_path_factory):
     return export_model(train(cfg), "tiny-dc", out_dir=root / "models", fp16=False, log=lambda m: None)
 
 
-def test_bench_engine_writes_a_measured_table(trained_tiny, tmp_path):
-    from gan_service.training.benchmarks import bench_engine
+def _table(body: str) -> list[list[str]]:
+    """The data rows of the first Markdown table in ``body``, cells stripped."""
+    lines = [line for line in body.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in lines[1:] if "---" not in line]
 
+
+def test_bench_engine_writes_a_measured_table(trained_tiny, tmp_path):
+    import shutil
+
+    from gan_service.core.cpus import available_cores
+    from gan_service.training.benchmarks import bench_engine, thread_counts
+
+    from gan_service.serving.modeldir import read_manifest, write_manifest
+
+    model = Path(shutil.copytree(trained_tiny, tmp_path / "tiny-dc"))
+    shutil.copy(model / "generator.onnx", model / "generator.int8.onnx")     # stands in for `gan quantize`'s graph
+    write_manifest(model, {**read_manifest(model), "int8": {"passed": True}})
     out = tmp_path / "benchmarks.md"
-    body = bench_engine(str(trained_tiny), "cpu", sampler_count=256, out=str(out), command="gan bench engine tiny",
+    body = bench_engine(str(model), "cpu", sampler_count=256, out=str(out), command="gan bench engine tiny",
                         batches=(1, 8))
     assert "## Engine: onnxruntime against PyTorch eager (gan bench engine)" in out.read_text()
-    rows = [line.split("|")[1:-1] for line in body.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    engines = {(r[0].strip(), r[2].strip()) for r in rows}
-    assert engines >= {("onnxruntime CPUExecutionProvider", "1"), ("PyTorch eager CPU", "8")}
-    assert all(float(r[3].replace(",", "")) > 0 for r in rows)
+    rows = _table(body)
+    cells = {(r[0], r[1], int(r[2]), int(r[3])) for r in rows}
+    for precision in ("fp32", "int8"):
+        for threads in thread_counts(available_cores()):
+            assert {("onnxruntime CPUExecutionProvider", precision, threads, b) for b in (1, 8)} <= cells
+    assert ("PyTorch eager CPU", "fp32", 1, 8) in cells
+    assert all(float(r[4].replace(",", "")) > 0 for r in rows)
     assert "MFLOP" in body and "Offline sampler to NPY shards" in body and "checkpoint" in body
+    assert f"{available_cores()} engine thread" in body and "of the best onnxruntime configuration" in body
+
+
+def test_thread_counts_run_from_one_to_every_core():
+    from gan_service.training.benchmarks import thread_counts
+
+    assert thread_counts(1) == [1] and thread_counts(2) == [1, 2] and thread_counts(6) == [1, 2, 4, 6]
+    assert thread_counts(16) == [1, 2, 4, 8, 16]
+
+
+def test_default_engine_threads_are_every_core_a_worker_may_use():
+    from gan_service.core.cpus import default_engine_threads
+
+    assert [default_engine_threads(c) for c in (0, 1, 2, 3, 8, 64)] == [1, 1, 2, 3, 8, 64]
+
+
+def test_available_cores_honour_a_cgroup_quota(tmp_path):
+    from gan_service.core.cpus import cgroup_cpu_limit
+
+    for text, cores in (("max 100000", None), ("150000 100000", 2), ("50000 100000", 1), ("garbage", None)):
+        (tmp_path / "cpu.max").write_text(text + "\n")
+        assert cgroup_cpu_limit(tmp_path / "cpu.max") == cores
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
 
 
 def test_load_runs_are_loopback_only_and_bodies_carry_a_seed_counter():
@@ -65,11 +105,11 @@ def test_bench_sample_writes_a_measured_table(trained_tiny, tmp_path):
     out = tmp_path / "benchmarks.md"
     write_section(out, "Other", "kept")
     body = bench_sample(str(trained_tiny), count=300, naive_count=20, batch=64, workers=1, out=str(out),
-                        command="gan bench sample tiny")
+                        command="gan bench sample tiny", index_shards=50)
     text = out.read_text()
     assert "## Other\n\nkept" in text and "## Offline sampler (gan bench sample)" in text
-    rates = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in body.splitlines()
-             if line.startswith("| ") and "images/s" not in line and "---" not in line}
+    rates = {r[0]: r[2] for r in _table(body)}
     assert set(rates) == {"sampler -> npy shards", "sampler -> png-tar shards",
                           "naive: PyTorch forward + PIL save per image"}
     assert all(float(v.replace(",", "")) > 0 for v in rates.values())
+    assert "Index upkeep: 50 shards" in body

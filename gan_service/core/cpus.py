@@ -37,24 +37,21 @@ def available_cores() -> int:
 
 
 def default_engine_threads(cores: int) -> int:
-    """onnxruntime intra-op threads for the HTTP service's engine on ``cores`` cores: every core but one, at least 1.
+    """onnxruntime intra-op threads for the HTTP service's engine on ``cores`` cores: every one of them, at least 1.
 
-    The rule, and what it rests on (docs/benchmarks.md, "Engine threads of the service"):
+    Measured (docs/benchmarks.md, "Engine threads of the HTTP service"): the service on a 2-core VM (AMD EPYC, AVX2,
+    the default model's int8 graph, both shipped models loaded) with 1 and with 2 engine threads, side by side
+    under wrk, 3 alternating rounds, medians: n=1 PNG 172 vs 166 req/s at concurrency 16 and 163 vs 169 at 64 (a
+    wash: within the rounds' spread), n=64 NPY at concurrency 16 16 vs 27 req/s (p50 962 vs 549 ms). Leaving a
+    core to the Python side (HTTP, latents, encoding: under the GIL, so about one core at most) bought nothing
+    measurable for one-image requests and cost 40% of the throughput of engine-heavy ones, because the engine's
+    idle threads sleep (no spinning) and the Python side gets a core whenever it needs one. So: every core.
 
-    - The service is one Python process per worker. Its HTTP handling, request parsing, latent making and image
-      encoding run under the GIL, so together they use at most about one core, while onnxruntime's intra-op threads
-      run outside it. Leaving exactly one core to the Python side and giving the engine the rest keeps both busy
-      without the two fighting over a core.
-    - Measured on a 2-core VM (the only machine this project has measured): the engine with 1 thread (the rule's
-      answer for 2 cores) against 2 threads (every core): see the benchmark section above; with 2 threads the
-      engine's threads and the Python side share both cores, and onnxruntime's thread pool waits on the one the GIL
-      side holds.
-    - Inferred, not measured: on 8 cores 7 threads and on 64 cores 63. onnxruntime's own default is one thread per
-      physical core, so the rule stays at or below it; the service's engine threads sleep when idle (no spinning),
-      so threads the model cannot use cost nothing. Whether this model's small convolutions scale past ~8 threads
-      at the service's batch sizes (<= 256) is unmeasured; ``gan bench engine`` on the target machine measures it
-      (images/s at 1..all threads side by side), and ``GAN_ENGINE_THREADS`` overrides the default.
+    Inferred, not measured (no bigger machine was available): every core on 8 and 64 cores as well, which is also
+    onnxruntime's own default (one thread per core). Whether this model's small convolutions scale past ~8
+    threads at the service's batch sizes (<= 256) is unmeasured: ``gan bench engine`` on the target machine
+    prints images/s at 1, 2, 4, ... and all threads side by side, and ``GAN_ENGINE_THREADS`` overrides the rule.
 
     ``cores`` is what one worker process may use: ``available_cores() // workers`` with several workers.
     """
-    return max(1, int(cores) - 1)
+    return max(1, int(cores))

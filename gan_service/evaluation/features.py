@@ -77,8 +77,6 @@ class InceptionFeatures:
     SIZE = 299
 
     def __init__(self, path: str | Path):
-        from gan_service.serving.modeldir import ModelDirError, verify_files
-
         self.path = Path(path)
         if not self.path.is_file():
             raise EvaluationError(f"--inception-weights {path}: file not found")

@@ -126,12 +126,15 @@ def load_folder(directory: Path, n: int, shape: tuple[int, int, int]) -> Samples
 
 def load_sampler_output(directory: Path, n: int, shape: tuple[int, int, int]) -> Samples:
     """The first n images of a ``gan sample`` output directory (finished shards, in index order)."""
-    try:
-        index = json.loads((directory / "index.json").read_text())
-        shards = sorted(index["shards"], key=lambda s: s["start"])
-        fmt = index["format"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EvaluationError(f"{directory / 'index.json'}: not a readable sampler index ({exc})") from exc
+    from gan_service.serving.shards import SampleError, read_index
+
+    try:                   # the sampler's own reader: every entry checked, no name outside the directory
+        spec, done = read_index(directory)
+    except SampleError as exc:
+        raise EvaluationError(str(exc)) from None
+    fmt = spec.format
+    shards = [{"name": done[k]["name"], "start": spec.shard_range(k)[0], "stop": spec.shard_range(k)[1]}
+              for k in sorted(done)]
     images, labels, expected = [], [], 0
     for shard in shards:
         if sum(len(a) for a in images) >= n:
@@ -174,9 +177,9 @@ def load_sampler_output(directory: Path, n: int, shape: tuple[int, int, int]) ->
     all_images = np.concatenate(images)[:n]
     requested = np.concatenate(labels)[:n] if all(lab is not None for lab in labels) else None
     return Samples(all_images, requested, "sampler",
-                   {"path": str(directory), "model": index.get("model_name"), "model_sha256": index.get("model_sha256"),
-                    "seed": index.get("seed"), "labels": index.get("labels"), "format": fmt,
-                    "complete": index.get("complete")})
+                   {"path": str(directory), "model": spec.model_name, "model_sha256": spec.model_sha256,
+                    "seed": spec.seed, "labels": spec.labels, "format": fmt,
+                    "complete": len(done) == spec.num_shards})
 
 
 def generate_from_model(ref: str, n: int, seed: int, shape: tuple[int, int, int]) -> Samples:

@@ -25,10 +25,9 @@ class ServeSettings(BaseModel):
                                               "it, else the CPU with one log line saying why), cuda or cpu")
     require_gpu: bool = Field(False, description="refuse to start without the CUDA provider")
     engine_threads: int | None = Field(None, ge=0, description="onnxruntime CPU threads per model; default: every "
-                                                              "core a worker may use but one, at least 1 "
-                                                              "(core.cpus.default_engine_threads: the other core "
-                                                              "serves HTTP and encodes images); 0: onnxruntime's "
-                                                              "own choice (one per core)")
+                                                              "core a worker may use (available cores / workers, "
+                                                              "core.cpus.default_engine_threads, measured in "
+                                                              "docs/benchmarks.md); 0: onnxruntime's own choice")
     precision: str = Field("auto", description="which of a model's graphs runs: auto (fp16 on CUDA when the model "
                                                "has generator.fp16.onnx; on the CPU int8 when the model has a "
                                                "checked generator.int8.onnx and the CPU gains from it (AVX2 or "

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from gan_service.core.imaging import to_uint8
-from gan_service.core.onnx_runtime import CUDA
+from gan_service.core.cpus import available_cores
+from gan_service.core.onnx_runtime import CUDA, ort_session
 from gan_service.serving.codecs import encode_image
 
 
@@ -73,20 +74,31 @@ def png_encode_rate(images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
+def index_upkeep(model: str, shards: int, options) -> dict:
+    """A sampler run of ``shards`` shards of 10 images (NPY): its summary, with the time spent rewriting index.json."""
+    from gan_service.serving.sampler import sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return sample(model, 10 * shards, 0, Path(tmp) / "index", fmt="npy", shard_size=10, options=options)
+
+
 def bench_sample(model: str, count: int = 100_000, naive_count: int = 2000, checkpoint: str | None = None,
-                 batch: int = 1024, workers: int = 0, out: str = "docs/benchmarks.md", command: str = "") -> str:
-    """Measure sampler -> NPY and -> PNG shards, the naive loop, and one core's PNG rate; write the table."""
+                 batch: int = 1024, workers: int = 0, out: str = "docs/benchmarks.md", command: str = "",
+                 threads: int = 0, index_shards: int = 1000) -> str:
+    """Measure sampler -> NPY and -> PNG shards, the naive loop, one core's PNG rate and the index upkeep of a run
+    of ``index_shards`` small shards; write the table."""
     from gan_service.serving.modeldir import load_model_dir
-    from gan_service.serving.sampler import SampleOptions, render_shard, make_runtime, sample, build_spec
+    from gan_service.serving.sampler import SampleOptions, build_spec, make_runtime, render_shard, sample
 
     model_dir = load_model_dir(model)
     checkpoint = checkpoint or model_dir.manifest.get("source", {}).get("checkpoint")
-    rows, options = [], SampleOptions(batch=batch, workers=workers, progress=False)
+    rows, options = [], SampleOptions(batch=batch, workers=workers, threads=threads, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for fmt in ("npy", "png-tar"):
             summary = sample(model, count, 0, tmp / fmt, fmt=fmt, shard_size=min(count, 10_000), options=options)
-            rows.append((f"sampler -> {fmt} shards", count, summary["images_per_s"], summary["provider"]))
+            rows.append((f"sampler -> {fmt} shards", count, summary["images_per_s"],
+                         f"{summary['provider']} {summary['precision']}"))
         runtime = make_runtime(model, options)
         spec = build_spec(runtime.models[0], 2000, 0, "random", 1.0, "npy", 2000)
         images, _ = render_shard(runtime, spec, 0, 2000, batch)
@@ -97,15 +109,20 @@ def bench_sample(model: str, count: int = 100_000, naive_count: int = 2000, chec
                          round(naive_loop(checkpoint, naive_count, tmp / "naive"), 1), "PyTorch CPU"))
         else:
             rows.append(("naive loop", 0, None, f"skipped: checkpoint {checkpoint} not found (--checkpoint)"))
-    cores = os.cpu_count() or 1
+    upkeep = index_upkeep(model, index_shards, options)
+    cores = available_cores()
     table = ["| path | images | images/s | engine |", "| --- | ---: | ---: | --- |"]
-    table += [f"| {name} | {n:,} | {rate if rate is None else f'{rate:,.0f}'} | {engine} |" for name, n, rate, engine in rows]
+    table += [f"| {name} | {n:,} | {'-' if rate is None else f'{rate:,.0f}'} | {engine} |" for name, n, rate, engine in rows]
     png = next(r[2] for r in rows if r[0].endswith("png-tar shards"))
     body = (f"Model `{model}` ({model_dir.name}, {'x'.join(map(str, model_dir.image_shape))}), measured "
-            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}.\n\n"
+            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}; {summary['threads']} engine "
+            f"thread(s), {workers or cores} PNG-encoding worker(s).\n\n"
             f"Command: `{command or 'gan bench sample ' + model}`\n\n" + "\n".join(table) + "\n\n"
             f"One core encodes {one_core:,.0f} PNG/s; the PNG-shard bound on {cores} cores is {cores * one_core:,.0f}/s, "
-            f"so PNG shards ran at {png / (cores * one_core):.0%} of it.")
+            f"so PNG shards ran at {png / (cores * one_core):.0%} of it.\n\n"
+            f"Index upkeep: {index_shards:,} shards of 10 images (NPY) rewrote index.json {upkeep['index_writes']:,} "
+            f"times in {upkeep['index_seconds']:.2f} s of the run's {upkeep['seconds']:.2f} s "
+            f"({upkeep['index_seconds'] / max(upkeep['seconds'], 1e-9):.1%}).")
     write_section(out, "Offline sampler (gan bench sample)", body)
     return body
 
@@ -113,6 +130,7 @@ def bench_sample(model: str, count: int = 100_000, naive_count: int = 2000, chec
 # ---------------------------------------------------------------- gan bench engine
 
 ENGINE_BATCHES = (1, 8, 64, 256, 1024)
+ORT_CPU = "onnxruntime CPUExecutionProvider"
 
 
 def _rate(fn, n: int, min_s: float = 0.2, trials: int = 3) -> tuple[float, float]:
@@ -127,6 +145,80 @@ def _rate(fn, n: int, min_s: float = 0.2, trials: int = 3) -> tuple[float, float
             calls += 1
         best = min(best, (time.perf_counter() - t0) / calls)
     return n / best, 1000 * best
+
+
+def thread_counts(cores: int) -> list[int]:
+    """The intra-op thread counts ``gan bench engine`` times: 1, 2, 4, ... below ``cores``, then ``cores``."""
+    counts, t = [], 1
+    while t < cores:
+        counts.append(t)
+        t *= 2
+    return counts + [cores]
+
+
+def onnx_graphs(model_dir) -> list[tuple[str, Path]]:
+    """(precision, path) of the graphs the CPU can run: generator.onnx, and the checked generator.int8.onnx (the
+    one `gan quantize` lists when its quality gate passed) when the directory has one."""
+    int8 = [("int8", model_dir.int8_path)] if model_dir.int8_path else []
+    return [("fp32", model_dir.onnx_path)] + int8
+
+
+def session_call(session, model_dir, b: int):
+    """A function making ``b`` images with an onnxruntime session of the model (zero latents, class 0)."""
+    feeds = {"z": np.zeros((b, model_dir.latent_dim), np.float32)}
+    if "label" in {i.name for i in session.get_inputs()}:
+        feeds["label"] = np.zeros(b, np.int64)
+    return lambda: session.run(["image"], feeds)
+
+
+def cpu_session(path, threads: int):
+    """A CPU session opened as the service's engine opens one (idle threads sleep), with ``threads`` threads."""
+    return ort_session(path, "cpu", threads=threads, spinning=False)
+
+
+def onnx_cpu_rows(model_dir, batches, cores: int) -> list[tuple]:
+    """(engine, precision, threads, batch, images/s, ms per call) of every CPU graph at 1..``cores`` threads."""
+    rows = []
+    for precision, path in onnx_graphs(model_dir):
+        for threads in thread_counts(cores):
+            session = cpu_session(path, threads)
+            rows += [(ORT_CPU, precision, threads, b, *_rate(session_call(session, model_dir, b), b)) for b in batches]
+    return rows
+
+
+def torch_rows(generator, model_dir, batches) -> list[tuple]:
+    """The same rows for PyTorch eager (forward + the graph's uint8 post-processing), 1 and torch's default threads."""
+    import torch
+
+    rows, d, k = [], model_dir.latent_dim, model_dir.num_classes
+    default_threads = torch.get_num_threads()
+    for threads in (1, default_threads):
+        torch.set_num_threads(threads)
+        for b in batches:
+            z, labels = torch.zeros(b, d), (torch.zeros(b, dtype=torch.long) if k else None)
+
+            def forward():
+                with torch.no_grad():
+                    return to_uint8(generator(z, labels).numpy())
+
+            rows.append(("PyTorch eager CPU", "fp32", threads, b, *_rate(forward, b)))
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+def engine_rows(model_dir, providers: list[str], batches, generator) -> list[tuple]:
+    """(engine, precision, threads, batch, images/s, ms per call): onnxruntime (CPU: every graph at 1..all cores;
+    CUDA: the fp32 graph) and PyTorch eager (``generator``, as ``torch_generator`` gives it) on one model."""
+    from gan_service.serving.engine import Engine, EngineOptions
+
+    rows = onnx_cpu_rows(model_dir, batches, available_cores()) if "cpu" in providers else []
+    if "cuda" in providers:
+        engine = Engine(model_dir, EngineOptions(provider="cuda", precision="fp32"))
+        for b in batches:
+            z, labels = np.zeros((b, model_dir.latent_dim), np.float32), np.zeros(b, np.int64)
+            rows.append((f"onnxruntime {engine.provider}", "fp32", 0, b,
+                         *_rate(lambda: engine.generate(z, labels if model_dir.num_classes else None), b)))
+    return rows + torch_rows(generator, model_dir, batches)
 
 
 def peak_gflops() -> float:
@@ -167,64 +259,34 @@ def flops_per_image(generator, latent_dim: int, num_classes: int) -> float:
     return float(counter.get_total_flops())
 
 
-def engine_rows(model_dir, providers: list[str], batches=ENGINE_BATCHES) -> list[tuple]:
-    """(engine, threads, batch, images/s, ms per call) for onnxruntime and PyTorch eager on one model."""
-    import torch
-
-    from gan_service.serving.engine import Engine, EngineOptions
-
-    rows, d, k = [], model_dir.latent_dim, model_dir.num_classes
-    generator, _ = torch_generator(model_dir)
-    for provider in providers:
-        for threads in ((1, 0) if provider == "cpu" else (0,)):
-            engine = Engine(model_dir, EngineOptions(provider=provider, intra_op_threads=threads, fp16=False))
-            for b in batches:
-                z, labels = np.zeros((b, d), np.float32), (np.zeros(b, np.int64) if k else None)
-                rows.append((f"onnxruntime {engine.provider}", threads or os.cpu_count(), b,
-                             *_rate(lambda: engine.generate(z, labels), b)))
-    default_threads = torch.get_num_threads()
-    for threads in (1, default_threads):
-        torch.set_num_threads(threads)
-        for b in batches:
-            z, labels = torch.zeros(b, d), (torch.zeros(b, dtype=torch.long) if k else None)
-
-            def forward():
-                with torch.no_grad():
-                    return to_uint8(generator(z, labels).numpy())
-
-            rows.append(("PyTorch eager CPU", threads, b, *_rate(forward, b)))
-    torch.set_num_threads(default_threads)
-    return rows
-
-
-def sampler_against_engine(model: str, model_dir, count: int) -> tuple[float, float]:
-    """(sampler -> NPY images/s, engine images/s): the engine makes the same number of images at batch 1024
-    just before and just after the sampler run (mean of the two), so both see the same machine load."""
-    from gan_service.serving.engine import Engine, EngineOptions
+def sampler_against_engine(model: str, model_dir, count: int, best: tuple) -> tuple[float, float, int]:
+    """(sampler -> NPY images/s, engine images/s, the sampler's engine threads): the sampler with its defaults
+    (every core, its default graph on the CPU), and the ``best`` onnxruntime CPU row's configuration making as many
+    images just before and just after it (mean of the two), so both see the same machine load."""
     from gan_service.serving.sampler import SampleOptions, sample
 
-    engine = Engine(model_dir, EngineOptions(provider="cpu", intra_op_threads=1))
-    z = np.zeros((1024, model_dir.latent_dim), np.float32)
-    labels = np.zeros(1024, np.int64) if model_dir.num_classes else None
-    calls = max(1, round(count / 1024))
+    _, precision, threads, batch = best[:4]
+    call = session_call(cpu_session(dict(onnx_graphs(model_dir))[precision], threads), model_dir, batch)
+    calls = max(1, round(count / batch))
 
     def engine_rate() -> float:
         t0 = time.perf_counter()
         for _ in range(calls):
-            engine.generate(z, labels)
-        return calls * 1024 / (time.perf_counter() - t0)
+            call()
+        return calls * batch / (time.perf_counter() - t0)
 
-    engine.generate(z, labels)
+    call()
     before = engine_rate()
     with tempfile.TemporaryDirectory() as tmp:
         summary = sample(model, count, 0, Path(tmp) / "npy", fmt="npy", shard_size=min(count, 10_000),
                          options=SampleOptions(batch=1024, progress=False, provider="cpu"))
-    return summary["images_per_s"], (before + engine_rate()) / 2
+    return summary["images_per_s"], (before + engine_rate()) / 2, summary["threads"]
 
 
 def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000, out: str = "docs/benchmarks.md",
                  command: str = "", batches=ENGINE_BATCHES) -> str:
-    """Engine table (onnxruntime vs PyTorch eager), FLOPs per image and compute bound, sampler -> NPY against it."""
+    """Engine table (onnxruntime at 1..all threads, each graph, vs PyTorch eager), FLOPs per image and compute
+    bound, and the sampler -> NPY against the best onnxruntime fp32 CPU configuration, in one run."""
     import onnxruntime as ort
 
     from gan_service.serving.modeldir import load_model_dir
@@ -232,28 +294,45 @@ def bench_engine(model: str, provider: str = "auto", sampler_count: int = 20_000
     model_dir = load_model_dir(model)
     cuda = CUDA in ort.get_available_providers()
     providers = {"auto": ["cpu"] + (["cuda"] if cuda else []), "cpu": ["cpu"], "cuda": ["cuda"]}[provider]
-    rows = engine_rows(model_dir, providers, batches)
     generator, how = torch_generator(model_dir)
+    rows = engine_rows(model_dir, providers, batches, generator)
     flops, peak = flops_per_image(generator, model_dir.latent_dim, model_dir.num_classes), peak_gflops()
-    sampler_rate, engine_rate = sampler_against_engine(model, model_dir, sampler_count)
-    best_cpu = max(r[3] for r in rows if r[0] == "onnxruntime CPUExecutionProvider" and r[2] == max(batches))
-    table = ["| engine | threads | batch | images/s | ms per call |", "| --- | ---: | ---: | ---: | ---: |"]
-    table += [f"| {e} | {t} | {b} | {rate:,.0f} | {ms:.2f} |" for e, t, b, rate, ms in rows]
+    table = ["| engine | precision | threads | batch | images/s | ms per call |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    table += [f"| {e} | {p} | {t} | {b} | {rate:,.0f} | {ms:.2f} |" for e, p, t, b, rate, ms in rows]
     body = (f"Model `{model}` ({model_dir.name}), measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on "
             f"{machine()}; PyTorch weights: {how}. Each cell: one warm-up call, then the best of 3 timings of "
-            f">= 0.2 s (other processes on a shared machine only slow a timing down); "
+            f">= 0.2 s (other processes on a shared machine only slow a timing down); onnxruntime sessions are "
+            f"opened as the service's engine opens them (idle threads sleep); "
             f"PyTorch includes the same uint8 post-processing as the graph.\n\n"
             f"Command: `{command or 'gan bench engine ' + model}`\n\n" + "\n".join(table) + "\n\n"
             f"FLOPs per image: {flops / 1e6:,.1f} MFLOP. Compute bound: {peak:,.0f} GFLOP/s (numpy float32 1024^3 "
-            f"matmul, all cores) = {peak * 1e9 / flops:,.0f} images/s; best onnxruntime CPU at batch {max(batches)} = "
-            f"{best_cpu:,.0f} images/s ({best_cpu * flops / peak / 1e9:.0%} of the bound).\n\n"
-            f"Offline sampler to NPY shards (`gan sample --format npy`, {sampler_count:,} images, batch 1024, CPU, "
-            f"the service's default of 1 engine thread): {sampler_rate:,.0f} images/s, against {engine_rate:,.0f} "
-            f"images/s of the bare engine making as many images at batch 1024 just before and after it (mean): "
-            f"{sampler_rate / engine_rate:.0%} "
-            f"(target >= 90%).")
+            f"matmul, all cores) = {peak * 1e9 / flops:,.0f} images/s.")
+    precision = sampler_precision(model)
+    cpu = [r for r in rows if r[0] == ORT_CPU and r[1] == precision]
+    if cpu:
+        body += "\n\n" + _sampler_line(model, model_dir, sampler_count, max(cpu, key=lambda r: r[4]), flops, peak)
     write_section(out, "Engine: onnxruntime against PyTorch eager (gan bench engine)", body)
     return body
+
+
+def sampler_precision(model: str) -> str:
+    """The graph ``gan sample --provider cpu`` runs by default on this machine (fp32, or int8 where it pays)."""
+    from gan_service.serving.sampler import SampleOptions, make_runtime
+
+    return make_runtime(model, SampleOptions(provider="cpu", threads=1, progress=False)).engines[0].precision
+
+
+def _sampler_line(model: str, model_dir, count: int, best: tuple, flops: float, peak: float) -> str:
+    """The sampler against the best CPU configuration of the graph it runs, as a sentence of the report."""
+    sampler_rate, engine_rate, threads = sampler_against_engine(model, model_dir, count, best)
+    return (f"Best onnxruntime {best[1]} CPU configuration: {best[2]} thread(s), batch {best[3]}: {best[4]:,.0f} "
+            f"images/s ({best[4] * flops / peak / 1e9:.0%} of the float32 bound). Offline sampler to NPY shards "
+            f"(`gan sample --format npy`, {count:,} images, batch 1024, CPU, its default graph ({best[1]}) and "
+            f"default of {threads} engine thread(s) = every core): "
+            f"{sampler_rate:,.0f} images/s, against {engine_rate:,.0f} images/s of the best onnxruntime "
+            f"configuration re-measured making as many images just before and after it (mean): "
+            f"{sampler_rate / engine_rate:.0%} (target >= 90%).")
 
 
 # ---------------------------------------------------------------- gan bench train
