@@ -400,10 +400,16 @@ def test_bad_inputs_name_the_problem(real, tmp_path):
     fails(CLASSIFIER, "evaluation classifier")
     (tmp_path / "notes.txt").write_text("x")
     fails(tmp_path / "notes.txt", "not a directory")
-    sampler = tmp_path / "sampler"
-    sampler.mkdir()
-    (sampler / "index.json").write_text(json.dumps({"format": "npy", "shards": []}))
+    from gan_service.serving.sampler import SampleOptions, sample
+
+    sampler = tmp_path / "sampler"                   # a real sampler output whose index lists no finished shard yet
+    sample(str(REPO / "tests" / "data" / "tiny-dc"), 10, 1, sampler, fmt="npy", shard_size=10,
+           options=SampleOptions(batch=16, workers=1, progress=False))
+    index = json.loads((sampler / "index.json").read_text())
+    (sampler / "index.json").write_text(json.dumps({**index, "shards": [], "complete": False}))
     fails(sampler, "no finished shards")
+    (sampler / "index.json").write_text(json.dumps({"format": "npy", "shards": []}))
+    fails(sampler, "damaged index")
     with pytest.raises(EvaluationError, match="no evaluation classifier"):
         evaluate(tmp_path / "few", n=200, classifier=tmp_path / "nothing", data_dir=FMNIST)
 
