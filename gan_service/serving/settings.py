@@ -66,18 +66,12 @@ class ServeSettings(BaseModel):
     def _split(cls, v):
         return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
-    @field_validator("precision")
+    @field_validator("provider", "precision")
     @classmethod
-    def _precision(cls, v):
-        if v not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-        return v
-
-    @field_validator("provider")
-    @classmethod
-    def _provider(cls, v):
-        if v not in PROVIDERS:
-            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
+    def _one_of(cls, v, info):
+        choices = {"provider": PROVIDERS, "precision": PRECISIONS}[info.field_name]
+        if v not in choices:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(choices)}")
         return v
 
     @model_validator(mode="after")
