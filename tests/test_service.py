@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from gan_service.serving.codecs import encode_batch, encode_gif
-from gan_service.serving.latents import MAX_SEED, latents, random_labels, truncation_bound
+from gan_service.serving.latents import MAX_INDEX, MAX_SEED, latents, random_labels, truncation_bound
 from gan_service.serving.runtime import RANDOM_LABEL, BatchStats, ModelRuntime, _runs, make_rows, slerp
 from gan_service.serving.settings import ServeSettings, load_settings
 
@@ -34,6 +34,24 @@ def test_latents_are_a_pure_function_of_seed_and_index():
     assert set(np.unique(labels)) == set(range(10)) and np.bincount(labels).min() > 400
     with pytest.raises(ValueError, match="seed"):
         latents(-1, 0, 1, 4)
+
+
+@pytest.mark.parametrize("seed,start,count,dim", [(0, 0, 3, 16), (7, 40, 10, 33), (2**40 + 3, 10**15, 4, 100),
+                                                  (MAX_SEED, MAX_INDEX - 5, 6, 64)])
+def test_latents_are_the_words_numpys_philox_gives_for_the_key_and_counter(seed, start, count, dim):
+    """The served contract, pinned to numpy's own Philox built per span (how images were made so far): the reused
+    generator put in that state gives the same words, near the top of the index range too (counter past 2**64)."""
+    from gan_service.serving.latents import _raw_words, _words_per_index, latents_and_labels_of_spans
+
+    words = _words_per_index(dim)
+    reference = np.random.Philox(key=seed)
+    reference.advance(start * (words // 4))
+    expected = reference.random_raw(count * words).reshape(count, words)
+    assert np.array_equal(_raw_words(seed, start, count, words), expected)
+    z, labels = latents_and_labels_of_spans([(seed, start, count, 0.7), (5, 2, 3, 1.0)], dim, 10)
+    assert np.array_equal(z, np.concatenate([latents(seed, start, count, dim, 0.7), latents(5, 2, 3, dim)]))
+    assert np.array_equal(labels, np.concatenate([random_labels(seed, start, count, dim, 10),
+                                                  random_labels(5, 2, 3, dim, 10)]))
 
 
 def test_truncation_clips_to_central_mass():
@@ -442,12 +460,18 @@ def test_the_engine_runs_the_bytes_it_verified(tiny_models, tmp_path):
 
 
 def test_one_bad_request_in_a_merged_call_fails_alone(runtime):
-    """Latents are prepared per request: a request whose rows cannot be prepared does not fail the others."""
+    """Latents are prepared for the merged call, request by request when that fails: a request whose rows cannot be
+    prepared does not fail the others."""
     good = make_rows(0, 11, np.arange(3), [RANDOM_LABEL] * 3, 1.0)
     bad = make_rows(0, 12, np.arange(2), [RANDOM_LABEL] * 2, 2.0)               # truncation outside (0, 1]
     other = make_rows(1, 13, np.arange(2), [RANDOM_LABEL] * 2, 0.5)
-    outcomes = runtime.render_requests([good, bad, other])
+    mixed = np.concatenate([make_rows(0, 14, [0], [RANDOM_LABEL], 1.0), make_rows(1, 14, [1], [RANDOM_LABEL], 1.0)])
+    unknown = make_rows(7, 15, [0], [RANDOM_LABEL], 1.0)                     # no model 7
+    late = make_rows(0, 16, np.arange(4), [RANDOM_LABEL] * 4, 0.7)
+    outcomes = runtime.render_requests([good, bad, other, mixed, unknown, late])
     assert isinstance(outcomes[1], ValueError)
+    assert [type(o).__name__ for o in outcomes[3:5]] == ["ValueError", "ValueError"]
+    assert np.array_equal(outcomes[5], runtime.render_requests([late])[0])
     assert np.array_equal(outcomes[0], runtime.render_requests([good])[0])
     assert np.array_equal(outcomes[2], runtime.render_requests([other])[0]) and outcomes[2].shape == (2, 28, 28, 1)
     alone = runtime.render(good)[:, : 28 * 28].reshape(3, 28, 28, 1)

@@ -212,3 +212,47 @@ def test_a_cancelled_request_leaves_the_queue_at_once():
 
     asyncio.run(main())
     assert engine.calls == [[0], [60, 61]]
+
+
+class Opaque:
+    """A request's work the batcher must only hand on: comparing or printing it is an error (and counted)."""
+    touched: list[str] = []
+
+    def __init__(self, n: int):
+        self.rows = rows(0, n)
+
+    def __eq__(self, other):
+        Opaque.touched.append("eq")
+        raise AssertionError("the batcher compared two works")
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        Opaque.touched.append("repr")
+        raise AssertionError("the batcher printed a work")
+
+
+def test_the_batcher_never_compares_or_prints_a_work():
+    """Regression: answering a request that was taken into a batch used to look it up in the queue by equality and,
+    not finding it, build ValueError's message from repr(request) -- numpy pretty-printing the rows of every request
+    on the event loop, which halved n=1 throughput. Queue bookkeeping is by identity and never formats a work."""
+    Opaque.touched.clear()
+
+    def engine(works):
+        time.sleep(0.01)
+        return [w.rows * 10 for w in works]
+
+    async def main():
+        batcher = MicroBatcher(engine, max_batch_size=8, max_latency_ms=10_000)
+        first = asyncio.ensure_future(batcher.submit(Opaque(1), 1))
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(batcher.submit(Opaque(2), 2)) for _ in range(6)]
+        await asyncio.sleep(0)
+        waiting[2].cancel()                                  # a cancelled one leaves the queue by identity too
+        outs = await asyncio.gather(first, *waiting, return_exceptions=True)
+        assert isinstance(outs[3], asyncio.CancelledError)
+        assert all(np.array_equal(o, rows(0, len(o)) * 10) for i, o in enumerate(outs) if i != 3)
+        assert batcher.queued() == {"requests": 0, "rows": 0}
+
+    asyncio.run(main())
+    assert Opaque.touched == []

@@ -43,12 +43,14 @@ class EngineStalled(Overloaded):
     """The engine call in progress has run past the stall bound."""
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _Pending:
+    """One queued request. Compared by identity and never printed: its work (numpy rows) is only handed on."""
     work: Any
     size: int
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    queued: bool = True                 # still in the queue (False once taken into a batch or answered from it)
 
 
 class MicroBatcher:
@@ -93,11 +95,16 @@ class MicroBatcher:
         return await pending.future
 
     def _leave(self, pending: _Pending) -> None:
-        """A request answered while queued (cancelled, expired, stalled) gives its place back at once."""
-        try:
+        """A request answered while queued (cancelled) gives its place back at once; one taken into a batch has
+        already left (no lookup: a failed deque.remove would format the request into its error message)."""
+        if pending.queued:
             self._queue.remove(pending)
-        except ValueError:                  # already taken into a batch
-            pass
+            pending.queued = False
+
+    def _pop(self) -> _Pending:
+        pending = self._queue.popleft()
+        pending.queued = False
+        return pending
 
     def _start(self) -> None:
         """Start the batching task on the running loop (first call, or after it died)."""
@@ -121,17 +128,17 @@ class MicroBatcher:
         while self._queue:
             pending = self._queue[0]
             if pending.future.done():                       # cancelled: its callback has not removed it yet
-                self._queue.popleft()
+                self._pop()
                 continue
             if now - pending.arrived > self.budget_s:
-                self._queue.popleft()
+                self._pop()
                 pending.future.set_exception(Overloaded(
                     f"waited {1000 * (now - pending.arrived):.0f} ms for the engine, past the "
                     f"{1000 * self.budget_s:.0f} ms batching budget (server overloaded); retry", self.budget_s))
                 continue
             if batch and size + pending.size > self.max_batch_size:
                 break
-            batch.append(self._queue.popleft())
+            batch.append(self._pop())
             size += pending.size
             if not self.merge or size >= self.max_batch_size:
                 break
@@ -161,7 +168,7 @@ class MicroBatcher:
     def _stall(self) -> None:
         """The engine call has run past stall_s: answer every queued request now (new ones are refused in submit)."""
         while self._queue:
-            future = self._queue.popleft().future
+            future = self._pop().future
             if not future.done():
                 future.set_exception(self._stall_error())
 

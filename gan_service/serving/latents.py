@@ -15,6 +15,7 @@ import numpy as np
 MAX_SEED = 2**63 - 1
 MAX_INDEX = 2**63 - 1      # image indices i of (seed, i): the same range as seeds
 WORDS_PER_BLOCK = 4          # Philox-4x64 yields four uint64 per counter increment
+_MASK64 = 2**64 - 1
 
 
 def _words_per_index(latent_dim: int) -> int:
@@ -23,15 +24,30 @@ def _words_per_index(latent_dim: int) -> int:
     return math.ceil(need / WORDS_PER_BLOCK) * WORDS_PER_BLOCK
 
 
-def _raw_words(seed: int, start: int, count: int, words: int) -> np.ndarray:
-    """uint64 [count, words]: the counter range of indices start .. start+count-1 under key ``seed``."""
+def _raw_words(seed: int, start: int, count: int, words: int, bitgen: np.random.Philox | None = None) -> np.ndarray:
+    """uint64 [count, words]: the counter range of indices start .. start+count-1 under key ``seed``.
+
+    The generator is put in the state ``Philox(key=seed).advance(start * words / 4)`` has (key, counter, empty
+    buffer) instead of being built per span: a new Philox draws OS entropy for a seed it then ignores (~16 us,
+    4x the words themselves). ``bitgen``: a generator to reuse (one thread's own), else a new one."""
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..{MAX_SEED}")
     if not (0 <= start and start + count - 1 <= MAX_INDEX):
         raise ValueError(f"indices must be in 0..{MAX_INDEX}")
-    bitgen = np.random.Philox(key=seed)
-    bitgen.advance(start * (words // WORDS_PER_BLOCK))   # advancing also drops any buffered words
+    bitgen = np.random.Philox(key=0) if bitgen is None else bitgen
+    counter = start * (words // WORDS_PER_BLOCK)              # < 2**69: the low two of Philox's four counter words
+    bitgen.state = {"bit_generator": "Philox",
+                    "state": {"counter": np.array([counter & _MASK64, counter >> 64, 0, 0], np.uint64),
+                              "key": np.array([seed, 0], np.uint64)},
+                    "buffer": np.zeros(WORDS_PER_BLOCK, np.uint64), "buffer_pos": WORDS_PER_BLOCK,
+                    "has_uint32": 0, "uinteger": 0}
     return bitgen.random_raw(count * words).reshape(count, words)
+
+
+def _span_words(spans, words: int) -> np.ndarray:
+    """uint64 [sum of counts, words] of spans (seed, start, count, ...), in order, with one generator."""
+    bitgen = np.random.Philox(key=0)
+    return np.concatenate([_raw_words(seed, start, count, words, bitgen) for seed, start, count, *_ in spans])
 
 
 def _uniform_open(words: np.ndarray) -> np.ndarray:
@@ -72,8 +88,17 @@ def latents(seed: int, start: int, count: int, latent_dim: int, truncation: floa
 def latents_of_spans(spans, latent_dim: int) -> np.ndarray:
     """z float32 [sum of counts, latent_dim] for spans (seed, start, count, truncation), in order: one Philox
     stream per span, then one vectorised Box-Muller and clip for all (what a merged batch of many seeds needs)."""
-    words = _words_per_index(latent_dim)
-    raw = np.concatenate([_raw_words(seed, start, count, words) for seed, start, count, _ in spans])
+    return _latents(_span_words(spans, _words_per_index(latent_dim)), spans, latent_dim)
+
+
+def latents_and_labels_of_spans(spans, latent_dim: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(z as latents_of_spans gives it, the class each image gets when its request names none, as random_labels
+    gives it) from one pass over the counter ranges."""
+    raw = _span_words(spans, _words_per_index(latent_dim))
+    return _latents(raw, spans, latent_dim), _labels(raw, latent_dim, num_classes)
+
+
+def _latents(raw: np.ndarray, spans, latent_dim: int) -> np.ndarray:
     z = _box_muller(raw, latent_dim)
     bounds = np.repeat([truncation_bound(psi) for *_, psi in spans], [count for _, _, count, _ in spans])
     if np.isfinite(bounds).any():
@@ -81,9 +106,11 @@ def latents_of_spans(spans, latent_dim: int) -> np.ndarray:
     return z.astype(np.float32)
 
 
+def _labels(raw: np.ndarray, latent_dim: int, num_classes: int) -> np.ndarray:
+    """int64 [count]: the word after z's, modulo the number of classes."""
+    return (raw[:, latent_dim + (latent_dim % 2)] % np.uint64(num_classes)).astype(np.int64)
+
+
 def random_labels(seed: int, start: int, count: int, latent_dim: int, num_classes: int) -> np.ndarray:
     """int64 [count]: the class each index gets when the request names none (the word after z's)."""
-    words = _words_per_index(latent_dim)
-    label_col = latent_dim + (latent_dim % 2)
-    raw = _raw_words(seed, start, count, words)[:, label_col]
-    return (raw % np.uint64(num_classes)).astype(np.int64)
+    return _labels(_raw_words(seed, start, count, _words_per_index(latent_dim)), latent_dim, num_classes)

@@ -3,9 +3,9 @@
 It takes work as *rows* (model, seed, index, label, truncation) rather than latents, and makes
 the latents itself with ``serving.latents``: an image is then a pure function of its row, however
 the micro-batcher (serving/batcher.py) groups requests from different clients into one
-``render_requests`` call (latents made per request, so a request that cannot be prepared fails alone;
-then one engine call per model). An ``Interpolation`` (frames between two latents) is one more kind of
-request in the same calls. The sampler calls ``render`` directly, shard by shard.
+``render_requests`` call (latents made for all its requests in one vectorised pass, request by request when
+that fails, so a request that cannot be prepared fails alone; then one engine call per model). An
+``Interpolation`` (frames between two latents) is one more kind of request in the same calls. The sampler calls ``render`` directly, shard by shard.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from gan_service.core.onnx_runtime import CUDA
 from gan_service.serving.engine import Engine, EngineOptions
-from gan_service.serving.latents import latents, latents_of_spans, random_labels
+from gan_service.serving.latents import latents, latents_and_labels_of_spans, latents_of_spans
 from gan_service.serving.modeldir import ModelDir, ModelDirError, load_model_dir
 from gan_service.serving.settings import ServeSettings
 
@@ -123,18 +123,14 @@ class ModelRuntime:
     def latents_for(self, model_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """z [n, d] and labels [n] of rows that all belong to one model."""
         model = self.models[model_id]
-        runs = _runs(rows)
         # One Philox stream per run of consecutive indices of one (seed, truncation); the maths once for all.
         spans = [(int(rows[a, COL_SEED]), int(rows[a, COL_INDEX]), b - a,
-                  float(rows[a:a + 1, COL_PSI].view(np.float64)[0])) for a, b in runs]
-        z = latents_of_spans(spans, model.latent_dim)
-        labels = rows[:, COL_LABEL].copy() if model.num_classes else None
-        if labels is not None:
-            for (a, b), (seed, first, count, _) in zip(runs, spans):
-                run = labels[a:b]
-                derived = random_labels(seed, first, count, model.latent_dim, model.num_classes)
-                run[run == RANDOM_LABEL] = derived[run == RANDOM_LABEL]
-        return z, labels
+                  float(rows[a:a + 1, COL_PSI].view(np.float64)[0])) for a, b in _runs(rows)]
+        if not model.num_classes:
+            return latents_of_spans(spans, model.latent_dim), None
+        z, derived = latents_and_labels_of_spans(spans, model.latent_dim, model.num_classes)
+        labels = rows[:, COL_LABEL]
+        return z, np.where(labels == RANDOM_LABEL, derived, labels)
 
     def render(self, rows: np.ndarray) -> np.ndarray:
         """int64 rows [N, 5] (merged from many requests) -> uint8 [N, P], P = widest model's H*W*C (zero-padded)."""
@@ -170,17 +166,48 @@ class ModelRuntime:
             raise ValueError("a request's rows must all name one loaded model")
         return (model_id, *self.latents_for(model_id, work))
 
+    def _prepare_all(self, works: list) -> list:
+        """``_prepare`` of every request, or the exception it alone raised. The rows of requests that name one model
+        are prepared together (one vectorised pass: per request it would cost more than the engine's own work on a
+        merged batch of n=1 requests); if that fails, request by request, so only the one at fault fails."""
+        prepared: list = [None] * len(works)
+        together: dict[int, list[int]] = {}
+        for i, work in enumerate(works):
+            model_id = int(work[0, COL_MODEL]) if isinstance(work, np.ndarray) and work.ndim == 2 and len(work) else None
+            if model_id is None or not 0 <= model_id < len(self.models):
+                prepared[i] = _outcome(self._prepare, work)
+            else:
+                together.setdefault(model_id, []).append(i)
+        for model_id, members in together.items():
+            try:
+                self._prepare_together(model_id, [works[i] for i in members], members, prepared)
+            except Exception:                    # noqa: BLE001 - find the request at fault
+                for i in members:
+                    prepared[i] = _outcome(self._prepare, works[i])
+        return prepared
+
+    def _prepare_together(self, model_id: int, works: list[np.ndarray], members: list[int], prepared: list) -> None:
+        rows = np.concatenate(works)
+        if (rows[:, COL_MODEL] != model_id).any():
+            raise ValueError("a request's rows must all name one loaded model")
+        z, labels = self.latents_for(model_id, rows)
+        start = 0
+        for i, work in zip(members, works):
+            stop = start + len(work)
+            prepared[i] = (model_id, z[start:stop], None if labels is None else labels[start:stop])
+            start = stop
+
     def render_requests(self, works: list) -> list:
-        """Each request's images uint8 [n, H, W, C], or the exception it alone raised: latents are made request by
-        request, then one engine call per model serves all of that model's requests (its failure fails those)."""
+        """Each request's images uint8 [n, H, W, C], or the exception it alone raised: latents are made for all
+        requests at once (request by request when that fails), then one engine call per model serves all of that
+        model's requests (its failure fails those)."""
         outcomes: list = [None] * len(works)
         groups: dict[int, list[tuple[int, np.ndarray, np.ndarray | None]]] = {}
-        for i, work in enumerate(works):
-            try:
-                model_id, z, labels = self._prepare(work)
-            except Exception as exc:             # noqa: BLE001 - this request's own fault, answered to it alone
-                outcomes[i] = exc
+        for i, prepared in enumerate(self._prepare_all(works)):
+            if isinstance(prepared, Exception):  # this request's own fault, answered to it alone
+                outcomes[i] = prepared
                 continue
+            model_id, z, labels = prepared
             groups.setdefault(model_id, []).append((i, z, labels))
         if groups:
             self.stats.add(sum(len(z) for members in groups.values() for _, z, _ in members))
@@ -222,6 +249,14 @@ def public_manifest(manifest: dict) -> dict:
     training = manifest.get("training") or {}
     public["training"] = {k: training[k] for k in ("steps", "wall_time_s") if k in training}
     return public
+
+
+def _outcome(fn, *args):
+    """fn(*args), or the exception it raised."""
+    try:
+        return fn(*args)
+    except Exception as exc:                     # noqa: BLE001 - returned to the caller as this request's outcome
+        return exc
 
 
 def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
