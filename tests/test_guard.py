@@ -139,3 +139,61 @@ def test_an_error_answer_of_the_app_is_put_into_the_one_shape():
 def test_one_shape(status, raw, field):
     shaped = one_shape(status, raw)
     assert set(shaped) == {"error", "field"} and shaped["field"] == field and shaped["error"], shaped
+
+
+def test_an_answer_begun_before_the_deadline_is_finished_and_a_client_leaving_then_does_not_cut_it():
+    client = Client()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        client.leave.set()                           # the client goes away once the answer has begun ...
+        await asyncio.sleep(2 * LIMITS.timeout_s)   # ... and the body comes after the deadline
+        await send({"type": "http.response.body", "body": b"late but whole"})
+
+    asyncio.run(asyncio.wait_for(RequestGuard(app, LIMITS, FIELDS)(scope(), client.receive, client.send), 5))
+    assert client.sent[0]["status"] == 200 and client.sent[1]["body"] == b"late but whole"
+
+
+def test_a_cancellation_from_outside_is_not_swallowed():
+    """Server shutdown cancels the request's task: the guard passes that on instead of answering."""
+    async def main():
+        started = asyncio.Event()
+
+        async def app(scope, receive, send):
+            started.set()
+            await asyncio.sleep(60)
+
+        client = Client()
+        task = asyncio.ensure_future(RequestGuard(app, Limits(1024, 2, 30.0, 1.0, 1), FIELDS)(
+            scope(), client.receive, client.send))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return client
+
+    assert asyncio.run(main()).sent == []
+
+
+def test_the_disconnect_watch_listens_on_the_servers_own_receive_when_given():
+    """BentoML's middleware makes each receive an OpenTelemetry span: the protocol layer passes the server's own
+    receive in the scope, and the guard waits for the disconnect there; the app's receive serves the body only."""
+    calls, transport = [], Client()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def through_middleware():
+        calls.append("receive")
+        if len(calls) > 1:                           # nothing more to say until the client leaves
+            await asyncio.Event().wait()
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def main():
+        request = {**scope(), "gan.transport_receive": transport.receive}
+        transport.body = None                        # the body was read already: the next message is the disconnect
+        await RequestGuard(app, LIMITS, FIELDS)(request, through_middleware, transport.send)
+
+    asyncio.run(main())
+    assert calls == ["receive"] and transport.sent[1]["body"] == b"ok"

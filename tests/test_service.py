@@ -471,11 +471,14 @@ def test_one_bad_request_in_a_merged_call_fails_alone(runtime):
     outcomes = runtime.render_requests([good, bad, other, mixed, unknown, late])
     assert isinstance(outcomes[1], ValueError)
     assert [type(o).__name__ for o in outcomes[3:5]] == ["ValueError", "ValueError"]
-    assert np.array_equal(outcomes[5], runtime.render_requests([late])[0])
-    assert np.array_equal(outcomes[0], runtime.render_requests([good])[0])
-    assert np.array_equal(outcomes[2], runtime.render_requests([other])[0]) and outcomes[2].shape == (2, 28, 28, 1)
+    assert np.array_equal(outcomes[5].images, runtime.render_requests([late])[0].images)
+    assert np.array_equal(outcomes[0].images, runtime.render_requests([good])[0].images)
+    assert np.array_equal(outcomes[2].images, runtime.render_requests([other])[0].images)
+    assert outcomes[2].images.shape == (2, 28, 28, 1)
     alone = runtime.render(good)[:, : 28 * 28].reshape(3, 28, 28, 1)
-    assert np.array_equal(outcomes[0], alone)                          # the same bytes as the sampler's path
+    assert np.array_equal(outcomes[0].images, alone)                   # the same bytes as the sampler's path
+    assert outcomes[0].labels is None                                  # model 0 is unconditional
+    assert outcomes[2].labels.tolist() == random_labels(13, 0, 2, runtime.models[1].latent_dim, 10).tolist()
 
 
 def test_http_truncation_just_below_one_is_served(server):

@@ -90,16 +90,13 @@ class MicroBatcher:
         self._start()
         pending = _Pending(work, size, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
-        pending.future.add_done_callback(lambda _: self._leave(pending))
         self._wake.set()
-        return await pending.future
-
-    def _leave(self, pending: _Pending) -> None:
-        """A request answered while queued (cancelled) gives its place back at once; one taken into a batch has
-        already left (no lookup: a failed deque.remove would format the request into its error message)."""
-        if pending.queued:
-            self._queue.remove(pending)
-            pending.queued = False
+        try:
+            return await pending.future
+        finally:
+            if pending.queued:              # cancelled while queued: give the place back at once
+                self._queue.remove(pending)
+                pending.queued = False
 
     def _pop(self) -> _Pending:
         pending = self._queue.popleft()

@@ -33,6 +33,7 @@ from http import HTTPStatus
 
 log = logging.getLogger("bentoml.gan")
 PROBES = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+TRANSPORT_RECEIVE = "gan.transport_receive"   # scope key: the server's own receive, put there by the protocol layer
 FIELD_OF_STATUS = {404: "path", 405: "method", 408: "body", 413: "body", 415: "content-type"}   # else body / server
 
 
@@ -88,7 +89,9 @@ class RequestGuard:
                 return await reply(send, exc.status, exc.field, str(exc), close=exc.close)
             if body is None:                         # the client went away while sending
                 return
-            gone = asyncio.ensure_future(_disconnected(receive))
+            # Watched on the server's own receive when the protocol layer passed it on: through BentoML's
+            # middleware every receive is one more OpenTelemetry span.
+            gone = asyncio.ensure_future(_disconnected(scope.get(TRANSPORT_RECEIVE, receive)))
             receive = _replay(body, gone)
         try:
             if self.in_flight >= self.limits.max_concurrency:
@@ -117,7 +120,8 @@ class RequestGuard:
                                      or int(declared) > self.limits.max_body_bytes):
             raise Refused(413, "body", f"request body over {self.limits.max_body_bytes} bytes", close=True)
         try:
-            body = await asyncio.wait_for(_read(receive, self.limits.max_body_bytes), self.limits.read_timeout_s)
+            async with asyncio.timeout(self.limits.read_timeout_s):     # in this task (wait_for would start one)
+                body = await _read(receive, self.limits.max_body_bytes)
         except TimeoutError:
             raise Refused(408, "body", f"the request body did not arrive within {self.limits.read_timeout_s:g} s "
                                        "(read_timeout_s)", close=True) from None
@@ -127,24 +131,43 @@ class RequestGuard:
         return body or b"{}"
 
     async def _serve(self, scope, receive, send, deadline: float, gone: asyncio.Future | None) -> None:
-        """Run the app until it begins its answer, the deadline passes (504), or the client goes away."""
-        loop = asyncio.get_running_loop()
-        responder = _Responder(send, loop.create_future())
-        task = asyncio.ensure_future(self.app(scope, receive, responder))
-        waits = {task, responder.started} | ({gone} if gone is not None else set())
-        await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
-        if not responder.started.done() and not task.done():
-            task.cancel()                            # past the deadline, or the client went away
-            await asyncio.wait({task})
-        if responder.started.done():
-            return await task if not task.cancelled() else None
-        if gone is not None and gone.done():
-            return None
-        if task.cancelled():
+        """Run the app in this task until it begins its answer: past the deadline it is cancelled and answered 504;
+        a client that goes away first cancels it (no answer). No second task and no timeout object: a timer handle
+        and a done-callback cancel this task, and ``stopped`` says why (a request's fixed cost is the service's)."""
+        task, responder, stopped = asyncio.current_task(), _Responder(send), []
+
+        def stop(reason: str) -> None:
+            if not responder.begun and not stopped:
+                stopped.append(reason)
+                task.cancel()
+
+        def left(_) -> None:
+            stop("left")
+
+        timer = asyncio.get_running_loop().call_at(deadline, stop, "deadline")
+        responder.on_begin = timer.cancel             # the deadline is for beginning the answer
+        if gone is not None:
+            gone.add_done_callback(left)
+        try:
+            await self.app(scope, receive, responder)
+        except asyncio.CancelledError:
+            if not stopped or task.uncancel() > 0:    # cancelled from outside too (server shutdown)
+                raise
+            if stopped[0] == "left":
+                return None
             return await reply(send, 504, "server", f"not answered within {self.limits.timeout_s:g} s (timeout_s; "
                                "server overloaded); retry", self.limits.retry_after_s)
-        log.error("%s %s failed without an answer", scope["method"], scope["path"], exc_info=task.exception())
-        await reply(send, 500, "server", "the server failed to answer this request (logged)")
+        except Exception as exc:                      # noqa: BLE001 - answered here unless the answer has begun
+            if responder.begun:
+                raise
+            log.error("%s %s failed without an answer", scope["method"], scope["path"], exc_info=exc)
+            return await reply(send, 500, "server", "the server failed to answer this request (logged)")
+        finally:
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(left)
+        if stopped:                                   # the app swallowed the cancellation: take it back
+            task.uncancel()
 
     async def _own_page(self, scope, send) -> None:
         """``/``: a redirect to the project's page (BentoML's index loads a tag-manager script from the internet);
@@ -210,18 +233,21 @@ def _replay(body: bytes, gone: asyncio.Future):
 
 
 class _Responder:
-    """The app's ``send``: notes when the answer begins; holds an error answer (status >= 400) until its body is
-    complete, then sends it in the one error shape with the app's other headers (Retry-After included)."""
+    """The app's ``send``: notes when the answer begins (``begun``, then ``on_begin()``); holds an error answer
+    (status >= 400) until its body is complete, then sends it in the one error shape with the app's other headers
+    (Retry-After included)."""
 
-    def __init__(self, send, started: asyncio.Future):
-        self.send, self.started = send, started
+    def __init__(self, send):
+        self.send, self.begun, self.on_begin = send, False, None
         self.held: dict | None = None
         self.body = b""
 
     async def __call__(self, message) -> None:
         if message["type"] == "http.response.start":
-            if not self.started.done():
-                self.started.set_result(None)
+            if not self.begun:
+                self.begun = True
+                if self.on_begin is not None:
+                    self.on_begin()
             if message["status"] < 400:
                 return await self.send(message)
             self.held = message
@@ -335,6 +361,7 @@ def _text_headers_only(app):
                                            f"{value.decode('latin-1')!r}")
                     return await reply(send, 400, "headers", f"header {name.decode('latin-1')!r}: the value is not "
                                        "UTF-8 text")
+            scope[TRANSPORT_RECEIVE] = receive
         return await app(scope, receive, send)
     return checked
 

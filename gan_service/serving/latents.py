@@ -8,6 +8,7 @@ which other indices are computed with it, so batching cannot change an image.
 from __future__ import annotations
 
 import math
+import threading
 from statistics import NormalDist
 
 import numpy as np
@@ -16,6 +17,7 @@ MAX_SEED = 2**63 - 1
 MAX_INDEX = 2**63 - 1      # image indices i of (seed, i): the same range as seeds
 WORDS_PER_BLOCK = 4          # Philox-4x64 yields four uint64 per counter increment
 _MASK64 = 2**64 - 1
+_local = threading.local()
 
 
 def _words_per_index(latent_dim: int) -> int:
@@ -29,12 +31,12 @@ def _raw_words(seed: int, start: int, count: int, words: int, bitgen: np.random.
 
     The generator is put in the state ``Philox(key=seed).advance(start * words / 4)`` has (key, counter, empty
     buffer) instead of being built per span: a new Philox draws OS entropy for a seed it then ignores (~16 us,
-    4x the words themselves). ``bitgen``: a generator to reuse (one thread's own), else a new one."""
+    4x the words themselves). ``bitgen``: a generator to reuse, else this thread's own."""
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in 0..{MAX_SEED}")
     if not (0 <= start and start + count - 1 <= MAX_INDEX):
         raise ValueError(f"indices must be in 0..{MAX_INDEX}")
-    bitgen = np.random.Philox(key=0) if bitgen is None else bitgen
+    bitgen = _thread_bitgen() if bitgen is None else bitgen
     counter = start * (words // WORDS_PER_BLOCK)              # < 2**69: the low two of Philox's four counter words
     bitgen.state = {"bit_generator": "Philox",
                     "state": {"counter": np.array([counter & _MASK64, counter >> 64, 0, 0], np.uint64),
@@ -44,9 +46,17 @@ def _raw_words(seed: int, start: int, count: int, words: int, bitgen: np.random.
     return bitgen.random_raw(count * words).reshape(count, words)
 
 
+def _thread_bitgen() -> np.random.Philox:
+    """This thread's Philox (a generator's state is not safe to share between threads); its state is set per use."""
+    bitgen = getattr(_local, "bitgen", None)
+    if bitgen is None:
+        bitgen = _local.bitgen = np.random.Philox(key=0)
+    return bitgen
+
+
 def _span_words(spans, words: int) -> np.ndarray:
-    """uint64 [sum of counts, words] of spans (seed, start, count, ...), in order, with one generator."""
-    bitgen = np.random.Philox(key=0)
+    """uint64 [sum of counts, words] of spans (seed, start, count, ...), in order."""
+    bitgen = _thread_bitgen()
     return np.concatenate([_raw_words(seed, start, count, words, bitgen) for seed, start, count, *_ in spans])
 
 

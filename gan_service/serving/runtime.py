@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,6 +55,12 @@ class BatchStats:
             calls = sum(self.sizes.values())
             return {"calls": calls, "rows": sum(k * v for k, v in self.sizes.items()),
                     "max_rows": max(self.sizes, default=0), "histogram": {str(k): v for k, v in sorted(self.sizes.items())}}
+
+
+class Rendered(NamedTuple):
+    """One request's outcome: images uint8 [n, H, W, C] and the class each got (None for unconditional models)."""
+    images: np.ndarray
+    labels: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -198,8 +205,8 @@ class ModelRuntime:
             start = stop
 
     def render_requests(self, works: list) -> list:
-        """Each request's images uint8 [n, H, W, C], or the exception it alone raised: latents are made for all
-        requests at once (request by request when that fails), then one engine call per model serves all of that
+        """Each request's ``Rendered`` (images and classes), or the exception it alone raised: latents are made for
+        all requests at once (request by request when that fails), then one engine call per model serves all of that
         model's requests (its failure fails those)."""
         outcomes: list = [None] * len(works)
         groups: dict[int, list[tuple[int, np.ndarray, np.ndarray | None]]] = {}
@@ -218,8 +225,9 @@ class ModelRuntime:
             except Exception as exc:             # noqa: BLE001 - fails this model's requests only
                 images = exc
             start = 0
-            for i, z, _ in members:
-                outcomes[i] = images if isinstance(images, Exception) else images[start:start + len(z)]
+            for i, z, classes in members:
+                outcomes[i] = images if isinstance(images, Exception) else Rendered(images[start:start + len(z)],
+                                                                                     classes)
                 start += len(z)
         return outcomes
 
