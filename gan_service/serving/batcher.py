@@ -124,7 +124,7 @@ class MicroBatcher:
         batch, size, now = [], 0, time.monotonic()
         while self._queue:
             pending = self._queue[0]
-            if pending.future.done():                       # cancelled: its callback has not removed it yet
+            if pending.future.done():                       # cancelled: its task has not cleaned up yet
                 self._pop()
                 continue
             if now - pending.arrived > self.budget_s:

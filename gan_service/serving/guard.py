@@ -134,7 +134,7 @@ class RequestGuard:
         """Run the app in this task until it begins its answer: past the deadline it is cancelled and answered 504;
         a client that goes away first cancels it (no answer). No second task and no timeout object: a timer handle
         and a done-callback cancel this task, and ``stopped`` says why (a request's fixed cost is the service's)."""
-        task, responder, stopped = asyncio.current_task(), _Responder(send), []
+        task, stopped = asyncio.current_task(), []
 
         def stop(reason: str) -> None:
             if not responder.begun and not stopped:
@@ -145,7 +145,7 @@ class RequestGuard:
             stop("left")
 
         timer = asyncio.get_running_loop().call_at(deadline, stop, "deadline")
-        responder.on_begin = timer.cancel             # the deadline is for beginning the answer
+        responder = _Responder(send, on_begin=timer.cancel)    # the deadline is for beginning the answer
         if gone is not None:
             gone.add_done_callback(left)
         try:
@@ -233,12 +233,12 @@ def _replay(body: bytes, gone: asyncio.Future):
 
 
 class _Responder:
-    """The app's ``send``: notes when the answer begins (``begun``, then ``on_begin()``); holds an error answer
+    """The app's ``send``: notes when the answer begins (``begun``, and calls ``on_begin`` once); holds an error answer
     (status >= 400) until its body is complete, then sends it in the one error shape with the app's other headers
     (Retry-After included)."""
 
-    def __init__(self, send):
-        self.send, self.begun, self.on_begin = send, False, None
+    def __init__(self, send, on_begin):
+        self.send, self.begun, self.on_begin = send, False, on_begin
         self.held: dict | None = None
         self.body = b""
 
@@ -246,8 +246,7 @@ class _Responder:
         if message["type"] == "http.response.start":
             if not self.begun:
                 self.begun = True
-                if self.on_begin is not None:
-                    self.on_begin()
+                self.on_begin()
             if message["status"] < 400:
                 return await self.send(message)
             self.held = message
@@ -349,7 +348,8 @@ class _HeaderDeadline:
 def _text_headers_only(app):
     """Refuse a request whose header values are not UTF-8 text before BentoML's middleware sees it: its
     OpenTelemetry instrumentation decodes User-Agent and other headers and raises on some byte strings (e.g.
-    ``\\x80\\\\``: not UTF-8, and not a valid ``unicode_escape`` either), which became a plain-text 500."""
+    ``\\x80\\\\``: not UTF-8, and not a valid ``unicode_escape`` either), which became a plain-text 500.
+    It also puts the server's own ``receive`` in the scope (TRANSPORT_RECEIVE) for the guard's disconnect watch."""
     async def checked(scope, receive, send):
         if scope["type"] == "http":
             for name, value in scope["headers"]:

@@ -5,7 +5,8 @@ the latents itself with ``serving.latents``: an image is then a pure function of
 the micro-batcher (serving/batcher.py) groups requests from different clients into one
 ``render_requests`` call (latents made for all its requests in one vectorised pass, request by request when
 that fails, so a request that cannot be prepared fails alone; then one engine call per model). An
-``Interpolation`` (frames between two latents) is one more kind of request in the same calls. The sampler calls ``render`` directly, shard by shard.
+``Interpolation`` (frames between two latents) is one more kind of request in the same calls. The sampler calls
+``render`` directly, shard by shard.
 """
 from __future__ import annotations
 
@@ -164,13 +165,18 @@ class ModelRuntime:
                                                              truncation))
         return self._run(model_id, z, labels)
 
+    def _model_of(self, work: np.ndarray) -> int:
+        """The one loaded model a request's rows name (ValueError otherwise)."""
+        model_id = int(work[0, COL_MODEL])
+        if not 0 <= model_id < len(self.models) or (work[:, COL_MODEL] != model_id).any():
+            raise ValueError("a request's rows must all name one loaded model")
+        return model_id
+
     def _prepare(self, work) -> tuple[int, np.ndarray, np.ndarray | None]:
         """(model id, z, labels) of one request: rows of one model, or an Interpolation."""
         if isinstance(work, Interpolation):
             return (work.model_id, *self.interpolation_latents(work))
-        model_id = int(work[0, COL_MODEL])
-        if not 0 <= model_id < len(self.models) or (work[:, COL_MODEL] != model_id).any():
-            raise ValueError("a request's rows must all name one loaded model")
+        model_id = self._model_of(work)
         return (model_id, *self.latents_for(model_id, work))
 
     def _prepare_all(self, works: list) -> list:
@@ -180,29 +186,27 @@ class ModelRuntime:
         prepared: list = [None] * len(works)
         together: dict[int, list[int]] = {}
         for i, work in enumerate(works):
-            model_id = int(work[0, COL_MODEL]) if isinstance(work, np.ndarray) and work.ndim == 2 and len(work) else None
-            if model_id is None or not 0 <= model_id < len(self.models):
+            if isinstance(work, Interpolation):
                 prepared[i] = _outcome(self._prepare, work)
+                continue
+            model_id = _outcome(self._model_of, work)
+            if isinstance(model_id, Exception):
+                prepared[i] = model_id
             else:
                 together.setdefault(model_id, []).append(i)
         for model_id, members in together.items():
             try:
-                self._prepare_together(model_id, [works[i] for i in members], members, prepared)
+                z, labels = self.latents_for(model_id, np.concatenate([works[i] for i in members]))
             except Exception:                    # noqa: BLE001 - find the request at fault
                 for i in members:
                     prepared[i] = _outcome(self._prepare, works[i])
+                continue
+            start = 0
+            for i in members:
+                stop = start + len(works[i])
+                prepared[i] = (model_id, z[start:stop], None if labels is None else labels[start:stop])
+                start = stop
         return prepared
-
-    def _prepare_together(self, model_id: int, works: list[np.ndarray], members: list[int], prepared: list) -> None:
-        rows = np.concatenate(works)
-        if (rows[:, COL_MODEL] != model_id).any():
-            raise ValueError("a request's rows must all name one loaded model")
-        z, labels = self.latents_for(model_id, rows)
-        start = 0
-        for i, work in zip(members, works):
-            stop = start + len(work)
-            prepared[i] = (model_id, z[start:stop], None if labels is None else labels[start:stop])
-            start = stop
 
     def render_requests(self, works: list) -> list:
         """Each request's ``Rendered`` (images and classes), or the exception it alone raised: latents are made for
